@@ -1,0 +1,53 @@
+"""ntk: fast finite-width neural tangent kernels in JAX.
+
+Public API (see README):
+
+* kernels: :func:`entk`, :func:`pntk`, :func:`kernel` and the approximations
+  :func:`trace_ntk`, :func:`diagonal_ntk`, :func:`single_logit_ntk`,
+  :func:`random_projection_ntk`; registries :data:`IMPLEMENTATIONS` and :data:`KINDS`.
+* metrics: :func:`relative_frobenius_error`, :func:`compare_spectra`, :func:`as_matrix`,
+  :func:`kron_identity`.
+* regression: :func:`kernel_regression`, :func:`linearized_prediction`, :func:`accuracy`.
+* adapters: :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
+"""
+
+from ntk.adapters import from_linen, from_nnx, from_train_state
+from ntk.kernels import (
+    IMPLEMENTATIONS,
+    KINDS,
+    choose_implementation,
+    diagonal_ntk,
+    entk,
+    kernel,
+    pntk,
+    random_projection_ntk,
+    single_logit_ntk,
+    trace_ntk,
+)
+from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
+from ntk.regression import accuracy, kernel_regression, linearized_prediction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "KINDS",
+    "accuracy",
+    "as_matrix",
+    "choose_implementation",
+    "compare_spectra",
+    "diagonal_ntk",
+    "entk",
+    "from_linen",
+    "from_nnx",
+    "from_train_state",
+    "kernel",
+    "kernel_regression",
+    "kron_identity",
+    "linearized_prediction",
+    "pntk",
+    "random_projection_ntk",
+    "relative_frobenius_error",
+    "single_logit_ntk",
+    "trace_ntk",
+]

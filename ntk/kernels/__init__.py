@@ -1,0 +1,27 @@
+"""Empirical NTK kernels: implementations (registry) and approximations (kinds)."""
+
+from ntk.kernels.api import (
+    KINDS,
+    choose_implementation,
+    diagonal_ntk,
+    entk,
+    kernel,
+    pntk,
+    random_projection_ntk,
+    single_logit_ntk,
+    trace_ntk,
+)
+from ntk.kernels.implementations import IMPLEMENTATIONS
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "KINDS",
+    "choose_implementation",
+    "diagonal_ntk",
+    "entk",
+    "kernel",
+    "pntk",
+    "random_projection_ntk",
+    "single_logit_ntk",
+    "trace_ntk",
+]

@@ -1,0 +1,128 @@
+"""Implementations of the projected eNTK, picked by name from :data:`IMPLEMENTATIONS`.
+
+Every kernel in :mod:`ntk` is the eNTK of a linear map of the outputs, ``f_M = M f`` with
+``M: [K, O]``, either in full or on its diagonal:
+
+    full:  Θ_M[n1, n2, k1, k2] = J_M(x1[n1])[k1] · J_M(x2[n2])[k2]       -> [N1, N2, K, K]
+    diag:  Θ_M[n1, n2, k]      = J_M(x1[n1])[k]  · J_M(x2[n2])[k]        -> [N1, N2, K]
+
+where ``J_M(x) = ∂(M f(θ, x))/∂θ: [K, P]``. An implementation is a pure function
+
+    impl(apply_fn, params, x1_N, x2_N | None, proj_KO, diag) -> kernel
+
+with ``x2=None`` meaning ``x2 = x1`` (the work is shared). Implementations treat
+``apply_fn`` as per-example: row n of the output depends on row n of the input only.
+
+Registry entries carry a cost model used by ``implementation="auto"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def project(apply_fn, proj_KO):
+    """Per-example projected model ``f_M(params, x_single) -> [K]``."""
+
+    def f_single(params, x):
+        out_1O = apply_fn(params, x[None])
+        return jnp.einsum("ko,o->k", proj_KO.astype(out_1O.dtype), out_1O[0])
+
+    return f_single
+
+
+def per_example_jacobian(apply_fn, params, x_N, proj_KO):
+    """Jacobian of the projected model, one row per example.
+
+    Returns a pytree like ``params`` whose leaves are ``[N, K, *leaf.shape]``.
+    """
+    return jax.vmap(jax.jacrev(project(apply_fn, proj_KO)), in_axes=(None, 0))(params, x_N)
+
+
+def contract_jacobians(j1, j2, diag: bool):
+    """Sum over parameter leaves of ``J1 J2ᵀ``: ``[N1,N2,K,K]`` (or ``[N1,N2,K]`` if diag)."""
+    leaves1 = jax.tree_util.tree_leaves(j1)
+    leaves2 = jax.tree_util.tree_leaves(j2)
+    total = None
+    for l1, l2 in zip(leaves1, leaves2, strict=True):
+        j1_NKP = l1.reshape(l1.shape[0], l1.shape[1], -1)
+        j2_NKP = l2.reshape(l2.shape[0], l2.shape[1], -1)
+        if diag:
+            term = jnp.einsum("akp,bkp->abk", j1_NKP, j2_NKP)
+        else:
+            term = jnp.einsum("akp,blp->abkl", j1_NKP, j2_NKP)
+        total = term if total is None else total + term
+    return total
+
+
+def jacobian_contraction(apply_fn, params, x1, x2, proj_KO, diag):
+    """Materialises per-example Jacobians ``[N, K, P]`` and contracts them over P."""
+    j1 = per_example_jacobian(apply_fn, params, x1, proj_KO)
+    j2 = j1 if x2 is None else per_example_jacobian(apply_fn, params, x2, proj_KO)
+    return contract_jacobians(j1, j2, diag)
+
+
+def ntk_vector_products(apply_fn, params, x1, x2, proj_KO, diag):
+    """Columns of the kernel as ``jvp(f(x1), vjp(f(x2[n]), e_k))``; J is never stored.
+
+    Loops (``lax.map``) over the N2 examples of x2; each step holds one example's K
+    parameter-space cotangents (``K x P``) and runs K Jacobian-vector products on x1.
+    """
+    x2 = x1 if x2 is None else x2
+    f_single = project(apply_fn, proj_KO)
+    k = proj_KO.shape[0]
+
+    def f1(p):
+        return jax.vmap(f_single, in_axes=(None, 0))(p, x1)  # [N1, K]
+
+    def columns(x2_single):
+        _, vjp = jax.vjp(lambda p: f_single(p, x2_single), params)
+        basis_KK = jnp.eye(k, dtype=jax.eval_shape(f_single, params, x2_single).dtype)
+
+        def one(e_K):
+            (tangent,) = vjp(e_K)  # J2[n2, k2]: a params-shaped tangent
+            return jax.jvp(f1, (params,), (tangent,))[1]  # [N1, K1]
+
+        return jax.vmap(one)(basis_KK)  # [K2, N1, K1]
+
+    cols_N2KNK = jax.lax.map(columns, x2)
+    if diag:
+        return jnp.einsum("bkak->abk", cols_N2KNK)
+    return jnp.transpose(cols_N2KNK, (2, 0, 3, 1))  # [N1, N2, K1, K2]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """A registered implementation and its cost model (FLOPs, used by ``auto``)."""
+
+    fn: Callable[..., Any]
+    cost: Callable[..., float]
+    doc: str
+
+
+def _cost_jacobian(n1, n2, k, p, fp, diag, **_):
+    return 3.0 * (n1 + n2) * k * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p
+
+
+def _cost_ntk_vp(n1, n2, k, p, fp, diag, **_):
+    return 3.0 * n2 * k * (n1 + 1) * fp
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "jacobian": Implementation(
+        jacobian_contraction,
+        _cost_jacobian,
+        "Jacobian contraction: exact oracle; memory N·K·P. Wins only for exotic layers.",
+    ),
+    "ntk_vp": Implementation(
+        ntk_vector_products,
+        _cost_ntk_vp,
+        "NTK-vector products: never stores J; cost N1·N2·K forward passes. Wins for a "
+        "cheap forward pass with small N.",
+    ),
+}

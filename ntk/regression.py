@@ -1,0 +1,169 @@
+"""Kernel regression with the eNTK (an NO×NO system) or an N×N kernel (one solve for all O).
+
+Solves run on the host in float64. ``ridge`` is *relative*: the system solved is
+``K + ridge · mean(diag K) · I``, so one ridge value means the same for kernels of any scale
+(eNTK vs pNTK, any width or parameterisation).
+
+Singular systems: with ``on_singular="lstsq"`` (default) a system that is singular to working
+precision is solved in the least-squares, minimum-norm sense (pseudo-inverse through a
+symmetric eigendecomposition that drops eigenvalues below ``n·eps·λ_max``) and a
+``RuntimeWarning`` says so; ``on_singular="raise"`` raises ``np.linalg.LinAlgError`` instead.
+The result is never NaN.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+_ON_SINGULAR = ("lstsq", "raise")
+
+
+def _f64(name: str, x: Any) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: contains NaN or Inf (shape {arr.shape})")
+    return arr
+
+
+def _flatten_kernels(k_train, k_test_train):
+    """Returns ``(K [n, n], K* [m, n], O or None)``; O is set for 4-D eNTKs."""
+    kt = _f64("k_train", k_train)
+    ks = _f64("k_test_train", k_test_train)
+    if kt.ndim == 4:
+        n, n_, o, o_ = kt.shape
+        if n != n_ or o != o_:
+            raise ValueError(f"k_train: expected [N, N, O, O], got {kt.shape}")
+        if ks.ndim != 4 or ks.shape[1:] != (n, o, o):
+            raise ValueError(
+                f"k_test_train: expected [M, {n}, {o}, {o}] to match k_train {kt.shape}, "
+                f"got {ks.shape}"
+            )
+        m = ks.shape[0]
+        return (
+            kt.transpose(0, 2, 1, 3).reshape(n * o, n * o),
+            ks.transpose(0, 2, 1, 3).reshape(m * o, n * o),
+            o,
+        )
+    if kt.ndim == 2:
+        if kt.shape[0] != kt.shape[1]:
+            raise ValueError(f"k_train: expected a square [N, N] kernel, got {kt.shape}")
+        if ks.ndim != 2 or ks.shape[1] != kt.shape[0]:
+            raise ValueError(
+                f"k_test_train: expected [M, {kt.shape[0]}] to match k_train {kt.shape}, "
+                f"got {ks.shape}"
+            )
+        return kt, ks, None
+    raise ValueError(f"k_train: expected rank 2 [N, N] or rank 4 [N, N, O, O], got {kt.shape}")
+
+
+def _solve(k: np.ndarray, rhs: np.ndarray, ridge: float, on_singular: str) -> np.ndarray:
+    """``(K + ridge·mean(diag K)·I)⁻¹ rhs`` for symmetric PSD K, in float64."""
+    n = k.shape[0]
+    a = 0.5 * (k + k.T)
+    if ridge:
+        a = a + ridge * np.mean(np.diag(a)) * np.eye(n)
+    eig, vec = np.linalg.eigh(a)
+    lam_max = np.max(np.abs(eig))
+    cutoff = n * np.finfo(np.float64).eps * lam_max
+    if lam_max == 0.0 or eig[0] <= cutoff:
+        if on_singular == "raise":
+            raise np.linalg.LinAlgError(
+                f"k_train: singular to working precision (λ_min {eig[0]:.3e}, λ_max "
+                f"{lam_max:.3e}); add a ridge or use on_singular='lstsq'"
+            )
+        warnings.warn(
+            f"k_train is singular to working precision (λ_min {eig[0]:.3e}, λ_max "
+            f"{lam_max:.3e}); using the minimum-norm least-squares solution",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    keep = eig > cutoff
+    inv = np.where(keep, 1.0 / np.where(keep, eig, 1.0), 0.0)
+    return vec @ (inv[:, None] * (vec.T @ rhs))
+
+
+def _check_targets(y: Any, n: int, o: int | None) -> np.ndarray:
+    y = _f64("y_train", y)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n or (o is not None and y.shape[1] != o):
+        want = f"[{n}, {o}]" if o is not None else f"[{n}, O]"
+        raise ValueError(f"y_train: expected {want} targets, got shape {y.shape}")
+    return y
+
+
+def kernel_regression(
+    k_train: Any,
+    k_test_train: Any,
+    y_train: Any,
+    *,
+    ridge: float = 0.0,
+    on_singular: str = "lstsq",
+) -> np.ndarray:
+    """Kernel-regression predictions ``K*(K + ridge·mean(diag K)·I)⁻¹ Y``.
+
+    Args:
+      k_train: ``[N, N, O, O]`` eNTK (an NO×NO system, targets flattened sample-major) or an
+        ``[N, N]`` kernel (one N×N system solved for all O outputs at once).
+      k_test_train: ``[M, N, O, O]`` or ``[M, N]``, matching ``k_train``.
+      y_train: ``[N, O]`` targets (e.g. one-hot labels).
+      ridge: relative ridge ≥ 0 (see the module docstring).
+      on_singular: ``"lstsq"`` or ``"raise"`` (see the module docstring).
+
+    Returns:
+      ``[M, O]`` predictions (float64).
+    """
+    if on_singular not in _ON_SINGULAR:
+        raise ValueError(f"on_singular: unknown value {on_singular!r}; valid: {_ON_SINGULAR}")
+    if not np.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge: must be a finite number >= 0, got {ridge!r}")
+    kt, ks, o = _flatten_kernels(k_train, k_test_train)
+    n = kt.shape[0] if o is None else kt.shape[0] // o
+    y = _check_targets(y_train, n, o)
+    if o is None:
+        return ks @ _solve(kt, y, ridge, on_singular)
+    m = ks.shape[0] // o
+    return (ks @ _solve(kt, y.reshape(-1, 1), ridge, on_singular)).reshape(m, o)
+
+
+def linearized_prediction(
+    k_train: Any,
+    k_test_train: Any,
+    y_train: Any,
+    f0_train: Any,
+    f0_test: Any,
+    *,
+    ridge: float = 0.0,
+    on_singular: str = "lstsq",
+) -> np.ndarray:
+    """Prediction of the linearised network trained to convergence on MSE:
+    ``f0(X*) + K*(K + ridge·mean(diag K)·I)⁻¹ (Y − f0(X))``: ``[M, O]``.
+
+    ``f0_train`` ``[N, O]`` and ``f0_test`` ``[M, O]`` are the network outputs at the
+    parameters where the kernel was taken.
+    """
+    y = _f64("y_train", y_train)
+    f0 = _f64("f0_train", f0_train)
+    f0s = _f64("f0_test", f0_test)
+    if f0.shape != y.shape:
+        raise ValueError(f"f0_train: shape {f0.shape} must match y_train {y.shape}")
+    pred = kernel_regression(k_train, k_test_train, y - f0, ridge=ridge, on_singular=on_singular)
+    if f0s.shape != pred.shape:
+        raise ValueError(f"f0_test: expected shape {pred.shape}, got {f0s.shape}")
+    return f0s + pred
+
+
+def accuracy(pred: Any, labels: Any) -> float:
+    """Fraction of rows whose argmax matches ``labels`` (int ``[M]`` or one-hot ``[M, O]``)."""
+    p = np.asarray(pred)
+    t = np.asarray(labels)
+    if p.ndim != 2:
+        raise ValueError(f"pred: expected [M, O], got shape {p.shape}")
+    if t.ndim == 2:
+        t = np.argmax(t, axis=1)
+    if t.shape != (p.shape[0],):
+        raise ValueError(f"labels: expected [{p.shape[0]}] ints or one-hot, got {t.shape}")
+    return float(np.mean(np.argmax(p, axis=1) == t))
