@@ -1,5 +1,6 @@
 """Empirical NTK kernels: implementations (registry) and approximations (kinds)."""
 
+from ntk.kernels import structured  # noqa: F401  (registers 'structured')
 from ntk.kernels.api import (
     KINDS,
     choose_implementation,

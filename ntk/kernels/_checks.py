@@ -19,6 +19,11 @@ def _path_str(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
+@jax.jit
+def _all_finite(leaves):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
 def check_params(params: Any) -> None:
     """Params must be a non-empty pytree of floating arrays, all finite.
 
@@ -41,11 +46,13 @@ def check_params(params: Any) -> None:
                 "parameters only. Remove integer/boolean leaves (e.g. pass state.params, "
                 "not the whole train state; see ntk.adapters)."
             )
-    for path, leaf in leaves:
-        if not is_traced(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
-            raise ValueError(
-                f"params{_path_str(path)}: contains NaN or Inf (shape {tuple(leaf.shape)})"
-            )
+    concrete = [(path, leaf) for path, leaf in leaves if not is_traced(leaf)]
+    if concrete and not bool(_all_finite([leaf for _, leaf in concrete])):
+        for path, leaf in concrete:
+            if not bool(jnp.all(jnp.isfinite(leaf))):
+                raise ValueError(
+                    f"params{_path_str(path)}: contains NaN or Inf (shape {tuple(leaf.shape)})"
+                )
 
 
 def check_inputs(x1: Any, x2: Any) -> None:
