@@ -31,7 +31,10 @@ format: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix ntk experiments tests
 	$(VENV)/bin/ruff format ntk experiments tests
 
+bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots in results/bench)
+	$(PY) experiments/bench.py
+
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test lint format clean
+.PHONY: help install test lint format bench clean

@@ -19,7 +19,9 @@ def reference_entk(apply_fn, params, x1, x2=None):
     flat, unravel = ravel_pytree(params64)
 
     def jac(x):
-        return jax.jacrev(lambda t: apply_fn(unravel(t), jnp.asarray(x, jnp.float64)))(flat)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            x = jnp.asarray(x, jnp.float64)
+        return jax.jacrev(lambda t: apply_fn(unravel(t), x))(flat)
 
     j1_NOP, j2_NOP = jac(x1), jac(x2)
     return np.asarray(jnp.einsum("aop,bqp->aboq", j1_NOP, j2_NOP))

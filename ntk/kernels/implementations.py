@@ -44,6 +44,17 @@ def per_example_jacobian(apply_fn, params, x_N, proj_KO):
     return jax.vmap(jax.jacrev(project(apply_fn, proj_KO)), in_axes=(None, 0))(params, x_N)
 
 
+def gram(j1_NKP, j2_NKP, diag: bool):
+    """``J1 J2ᵀ`` over P as one GEMM: ``[N1, N2, K, K]`` (or ``[N1, N2, K]`` if diag)."""
+    n1, k, p = j1_NKP.shape
+    n2 = j2_NKP.shape[0]
+    if diag:
+        g_KNN = jnp.matmul(jnp.swapaxes(j1_NKP, 0, 1), jnp.transpose(j2_NKP, (1, 2, 0)))
+        return jnp.transpose(g_KNN, (1, 2, 0))
+    g = j1_NKP.reshape(n1 * k, p) @ j2_NKP.reshape(n2 * k, p).T
+    return jnp.transpose(g.reshape(n1, k, n2, k), (0, 2, 1, 3))
+
+
 def contract_jacobians(j1, j2, diag: bool):
     """Sum over parameter leaves of ``J1 J2ᵀ``: ``[N1,N2,K,K]`` (or ``[N1,N2,K]`` if diag)."""
     leaves1 = jax.tree_util.tree_leaves(j1)
@@ -52,10 +63,7 @@ def contract_jacobians(j1, j2, diag: bool):
     for l1, l2 in zip(leaves1, leaves2, strict=True):
         j1_NKP = l1.reshape(l1.shape[0], l1.shape[1], -1)
         j2_NKP = l2.reshape(l2.shape[0], l2.shape[1], -1)
-        if diag:
-            term = jnp.einsum("akp,bkp->abk", j1_NKP, j2_NKP)
-        else:
-            term = jnp.einsum("akp,blp->abkl", j1_NKP, j2_NKP)
+        term = gram(j1_NKP, j2_NKP, diag)
         total = term if total is None else total + term
     return total
 

@@ -1,0 +1,253 @@
+"""Structured derivatives: exactness on unusual models, which leaves take the fast path, and
+both per-site strategies (structured sum and materialised weight Jacobian)."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _models import MODELS, inputs, reference_entk
+
+import ntk
+from ntk.kernels import structured
+from ntk.kernels.api import _block
+
+DN_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _p(key, *shape, scale=None):
+    scale = 1.0 / math.sqrt(shape[0] if len(shape) > 1 else 1) if scale is None else scale
+    return scale * jax.random.normal(jax.random.key(key), shape, jnp.float64)
+
+
+def weight_used_twice():
+    params = {"w": _p(0, 6, 6), "out": _p(1, 6, 3)}
+
+    def f(p, x):
+        h = jnp.tanh(x @ p["w"])
+        return jnp.tanh(h @ p["w"]) @ p["out"]
+
+    return f, params, inputs((6,), 5, 0), {"structured": {"out"}}
+
+
+def embedding():
+    params = {"emb": _p(2, 11, 4, scale=1.0), "w": _p(3, 12, 3), "b": _p(4, 3, scale=0.1)}
+
+    def f(p, x):
+        e = p["emb"][x]  # [N, T, 4] gather
+        return jnp.tanh(e.reshape(x.shape[0], -1)) @ p["w"] + p["b"][None]
+
+    x = jax.random.randint(jax.random.key(9), (5, 3), 0, 11)
+    return f, params, x, {"structured": {"w"}, "bias": {"b"}}
+
+
+def scaled_transposed_weights():
+    params = {"a": _p(5, 4, 7), "b": _p(6, 5, 7), "c": _p(7, 5, 3), "d": _p(8, 3, 3)}
+
+    def f(p, x):
+        h = jnp.tanh(x @ (p["a"] * 0.7))  # scaled weight
+        h = jnp.tanh(h @ p["b"].T / 3.0)  # transposed and divided
+        h = jnp.tanh((p["c"].T @ h.T).T)  # weight as the lhs operand
+        return h @ (-p["d"])  # negated
+
+    return f, params, inputs((4,), 5, 0), {"structured": {"a", "b", "c", "d"}}
+
+
+def sequence_dense_general():
+    """DenseGeneral-style einsum over [N, T, C] with a weight [C, H, D] and a bias [H, D]."""
+    params = {"w": _p(10, 3, 2, 4), "bias": _p(11, 2, 4, scale=0.1), "out": _p(12, 40, 3)}
+
+    def f(p, x):
+        h = jnp.einsum("ntc,chd->nthd", x, p["w"]) + p["bias"][None, None]
+        return jnp.tanh(h).reshape(x.shape[0], -1) @ p["out"]
+
+    return f, params, inputs((5, 3), 4, 0), {"structured": {"w", "out"}, "bias": {"bias"}}
+
+
+def conv_variants():
+    params = {
+        "strided": _p(13, 3, 3, 2, 4, scale=0.3),  # HWIO, stride 2, asymmetric padding
+        "dilated": _p(14, 2, 2, 4, 4, scale=0.3),  # rhs dilation
+        "transposed": _p(15, 3, 4, 2, 2, scale=0.3),  # OIHW with lhs dilation
+        "depthwise": _p(16, 3, 3, 1, 3, scale=0.3),  # feature_group_count=3: falls back
+        "conv1d": _p(17, 3, 3, 2, scale=0.3),  # 1-D conv over the flattened width
+        "out": _p(18, 4, 2),
+    }
+
+    def f(p, x):
+        h = jax.lax.conv_general_dilated(
+            x, p["strided"], (2, 2), ((1, 0), (0, 1)), dimension_numbers=DN_NHWC
+        )
+        h = jnp.tanh(h)
+        h = jax.lax.conv_general_dilated(
+            h, p["dilated"], (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=DN_NHWC
+        )
+        h = jnp.tanh(jnp.transpose(h, (0, 3, 1, 2)))  # NCHW
+        h = jax.lax.conv_general_dilated(
+            h,
+            p["transposed"],
+            (1, 1),
+            ((1, 1), (0, 1)),
+            lhs_dilation=(2, 2),
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        )
+        h = jnp.transpose(jnp.tanh(h), (0, 2, 3, 1))  # NHWC, 3 channels
+        h = jax.lax.conv_general_dilated(
+            h, p["depthwise"], (2, 2), "SAME", dimension_numbers=DN_NHWC, feature_group_count=3
+        )
+        h = jnp.tanh(h).mean(axis=2)  # [N, H', 3]
+        h = jax.lax.conv_general_dilated(
+            h, p["conv1d"], (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC")
+        )
+        return jnp.tanh(h).reshape(h.shape[0], -1) @ p["out"]
+
+    structured_leaves = {"strided", "dilated", "transposed", "conv1d", "out"}
+    return f, params, inputs((9, 9, 2), 4, 0), {"structured": structured_leaves}
+
+
+def nested_jit_checkpoint_and_param_product():
+    params = {"w": _p(19, 4, 6), "u": _p(20, 6, 6), "v": _p(21, 6, 3), "z": _p(22, 4, 3)}
+
+    @jax.jit
+    def dense(h, w):
+        return jnp.dot(h, w)
+
+    @jax.checkpoint
+    def block(h, u):
+        return jnp.tanh(dense(h, u))
+
+    def f(p, x):
+        h = jax.nn.relu(dense(x, p["w"]))  # custom_jvp relu on top of a jitted dot
+        h = block(h, p["u"])
+        return h @ (p["u"] @ p["v"]) * 0.5 + x @ p["z"]  # u used twice; v via a param product
+
+    return f, params, inputs((4,), 5, 0), {"structured": {"w", "v", "z"}}
+
+
+def flax_resnet_block():
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            h = nn.Conv(4, (3, 3))(x)
+            h = nn.BatchNorm(use_running_average=not train)(h)
+            h = nn.relu(h)
+            h = nn.Conv(4, (3, 3), use_bias=False)(h)
+            h = nn.GroupNorm(num_groups=2)(h)
+            h = nn.relu(h + nn.Conv(4, (1, 1))(x))  # projection skip
+            h = nn.avg_pool(h, (2, 2), (2, 2))
+            h = h.reshape(h.shape[0], -1)
+            h = nn.LayerNorm()(nn.Dense(6)(h))
+            return nn.Dense(3)(h)
+
+    x = inputs((6, 6, 2), 4, 0)
+    block = Block()
+    variables = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float64), block.init(jax.random.key(0), x)
+    )
+    variables["batch_stats"] = jax.tree_util.tree_map(lambda a: a + 0.2, variables["batch_stats"])
+    f, params = ntk.from_linen(block, variables, train=False)
+    return f, params, x, None
+
+
+CASES = {
+    "weight_used_twice": weight_used_twice,
+    "embedding": embedding,
+    "scaled_transposed_weights": scaled_transposed_weights,
+    "sequence_dense_general": sequence_dense_general,
+    "conv_variants": conv_variants,
+    "nested_jit_checkpoint_and_param_product": nested_jit_checkpoint_and_param_product,
+    "flax_resnet_block": flax_resnet_block,
+}
+
+
+def _assert_close(got, want, rtol=1e-10):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=rtol * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_structured_exact_on_unusual_models(name):
+    f, params, x, _ = CASES[name]()
+    x2 = x[:3] + (0 if jnp.issubdtype(x.dtype, jnp.integer) else 0.5)
+    ref = reference_entk(f, params, x)
+    ref12 = reference_entk(f, params, x, x2)
+    _assert_close(ntk.entk(f, params, x, implementation="structured"), ref)
+    _assert_close(ntk.entk(f, params, x, x2, implementation="structured"), ref12)
+    o = ref.shape[-1]
+    _assert_close(ntk.pntk(f, params, x, x2, implementation="structured"), ref12.sum((2, 3)) / o)
+    _assert_close(
+        ntk.trace_ntk(f, params, x, x2, implementation="structured"),
+        np.einsum("abkk->ab", ref12) / o,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n != "flax_resnet_block"))
+def test_which_leaves_are_structured(name):
+    f, params, x, want = CASES[name]()
+    plan = structured.plan_for(f, params, x, 1)
+    names = list(params)  # dict leaves flatten in sorted-key order
+    names.sort()
+    got = {names[i] for i in plan.sites}
+    biases = {names[s.bias_leaf] for s in plan.sites.values() if s.bias_leaf is not None}
+    assert got == want["structured"]
+    assert biases == want.get("bias", set())
+    assert {names[i] for i in plan.fallback} == set(names) - got - biases
+
+
+def test_test_models_take_the_fast_path():
+    f, params, shape = MODELS["mlp"]()
+    plan = structured.plan_for(f, params, inputs(shape, 2, 0), 3)
+    names = sorted(params)
+    assert {names[i] for i in plan.sites} == {"w1", "w2", "w3"}
+    assert {names[s.bias_leaf] for s in plan.sites.values()} == {"b1", "b2", "b3"}
+    assert plan.fallback == []
+    f, params, shape = MODELS["cnn"]()
+    plan = structured.plan_for(f, params, inputs(shape, 2, 0), 3)
+    assert {sorted(params)[i] for i in plan.sites} == {"c1", "c2", "w"}
+
+
+@pytest.mark.parametrize("force", ["structured_sum", "materialised"])
+@pytest.mark.parametrize("diag", [False, True])
+def test_both_site_strategies_are_exact(force, diag, monkeypatch):
+    """Conv sites (S > 1) computed by the structured sum and by the materialised J_W."""
+
+    def fake_costs(*args, **kwargs):
+        return (0.0, math.inf, 0.0) if force == "structured_sum" else (math.inf, 0.0, 0.0)
+
+    monkeypatch.setattr(structured, "site_costs", fake_costs)
+    _block.clear_cache()
+    try:
+        f, params, x, _ = conv_variants()
+        x2 = x[:3] + 0.5
+        ref = reference_entk(f, params, x, x2)
+        kind = "diagonal" if diag else "entk"
+        got = ntk.kernel(f, params, x, x2, kind=kind, implementation="structured")
+        _assert_close(got, np.einsum("abkk->abk", ref) if diag else ref)
+    finally:
+        _block.clear_cache()
+
+
+def test_structured_float32_and_jit_and_no_recompile():
+    f, params, shape = MODELS["cnn"]()
+    p32 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+    x = inputs(shape, 4, 0).astype(jnp.float32)
+    ref = reference_entk(f, params, x.astype(jnp.float64))
+    got = jax.jit(lambda p, a: ntk.entk(f, p, a, implementation="structured"))(p32, x)
+    assert got.dtype == jnp.float32
+    _assert_close(got, ref, rtol=1e-4)
+    ntk.entk(f, p32, x, implementation="structured")
+    before = _block._cache_size()
+    ntk.entk(f, jax.tree_util.tree_map(lambda a: 2 * a, p32), x + 1, implementation="structured")
+    assert _block._cache_size() == before
+
+
+def test_auto_prefers_structured_for_a_wide_mlp():
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"w1": jax.random.normal(k[0], (16, 256)), "w2": jax.random.normal(k[1], (256, 10))}
+
+    def f(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    x = jax.random.normal(k[2], (16, 16))
+    assert ntk.choose_implementation(f, params, x, None, 10, False) == "structured"
