@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk.kernels import _checks
-from ntk.kernels.implementations import IMPLEMENTATIONS
+from ntk.kernels.implementations import IMPLEMENTATIONS, jaxpr_flops
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,13 @@ def _forward_flops_cached(apply_fn, params_spec, x_spec) -> float:
     treedef, leaves = params_spec
     params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
     x = jax.ShapeDtypeStruct((1, *x_spec[0][1:]), x_spec[1])
-    try:
-        cost = jax.jit(apply_fn).lower(params, x).cost_analysis()
-        flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    except Exception:  # cost analysis is an estimate; any failure falls back below
-        flops = 0.0
+    flops = jaxpr_flops(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
     p = sum(math.prod(s) for s, _ in leaves)
     return max(flops, 2.0 * p)
 
 
 def forward_flops(apply_fn, params, x) -> float:
-    """Estimated FLOPs of one per-example forward pass (XLA cost analysis, at least 2P)."""
+    """Estimated FLOPs of one per-example forward pass (counted on its jaxpr, at least 2P)."""
     spec = _checks._spec(params)
     try:
         return _forward_flops_cached(apply_fn, spec, (tuple(x.shape), str(x.dtype)))

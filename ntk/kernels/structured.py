@@ -571,14 +571,15 @@ def _site_factors(site: Site, a_N, d_NK):
 
 
 def structured_cost(n1, n2, k, p, fp, diag, *, apply_fn, params, x1, **_):
-    """Estimated FLOPs: forward + K backward passes, the site sums and fallback contractions."""
+    """Estimated FLOPs: a forward pass and K input-cotangent backward passes per example
+    (weight cotangents are never formed), the site sums and the fallback contractions."""
     try:
         plan = plan_for(apply_fn, params, x1, k)
     except Exception:  # a model the tracer cannot analyse: never choose this implementation
         return math.inf
     leaves = jax.tree_util.tree_leaves(params)
     p_fb = sum(int(np.size(leaves[i])) for i in plan.fallback)
-    cost = 3.0 * (n1 + n2) * k * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p_fb
+    cost = (n1 + n2) * (1 + k) * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p_fb
     for site in plan.sites.values():
         s, c, f = site_dims(site)
         c += site.bias_leaf is not None
