@@ -1,0 +1,115 @@
+"""The reproduction's glue: train with kernels at every checkpoint, or recompute them later.
+
+``run(cfg, out_dir)`` is what ``experiments/train.py`` calls: it builds the logger, trains
+with :func:`kernel_callback` (when ``kernel.enabled``) and logs a metrics table at the end.
+``recompute(run_dir)`` re-derives the same kernel metrics from a finished run's saved
+checkpoints, without retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ntk.analysis import EvalSet, kernel_metrics, make_eval_set, save_arrays
+
+log = logging.getLogger(__name__)
+
+SAVED_ARRAYS = ("eig_entk", "eig_pntk_kron_i", "y_train", "y_test")
+KERNEL_ARRAYS = ("entk", "pntk")
+
+
+def kernels_at(apply_fn, params, evalset: EvalSet, kcfg: Mapping[str, Any], out_dir: Path,
+               epoch: int) -> dict:
+    """Kernel metrics for one checkpoint; saves spectra (and kernels if asked) as ``.npz``."""
+    res = kernel_metrics(
+        apply_fn,
+        params,
+        evalset,
+        ridges=tuple(float(r) for r in kcfg["ridges"]),
+        implementation=kcfg["implementation"],
+        approximations=tuple(kcfg.get("approximations") or ()),
+        batch_size=kcfg.get("batch_size"),
+    )
+    keys = SAVED_ARRAYS + (KERNEL_ARRAYS if kcfg.get("save_kernels") else ())
+    if epoch == 0:  # the heatmaps of the report need one kernel pair per run
+        keys = keys + KERNEL_ARRAYS
+    save_arrays(Path(out_dir) / "kernels" / f"epoch_{epoch:04d}.npz", res.arrays, keys)
+    return res.scalars
+
+
+def eval_set_for(dataset, kcfg: Mapping[str, Any], seed: int) -> EvalSet:
+    return make_eval_set(dataset, int(kcfg["n_per_class"]), int(kcfg["n_test_per_class"]), seed)
+
+
+def kernel_callback(kcfg: Mapping[str, Any], logger):
+    """A training callback: kernel metrics at each checkpoint, merged into its record."""
+    cache: dict = {}
+
+    def callback(event) -> dict:
+        if "evalset" not in cache:
+            cache["evalset"] = eval_set_for(event.dataset, kcfg, int(kcfg["seed"]))
+        scalars = kernels_at(
+            event.apply_fn, event.params, cache["evalset"], kcfg, event.out_dir, event.epoch
+        )
+        logger.log({**event.metrics, **scalars}, step=event.step)
+        log.info(
+            "epoch %d kernels: rel. Frobenius %.4f, λmax err %.4f, λmin err %.4f",
+            event.epoch,
+            scalars["relative_frobenius_error"],
+            scalars["lambda_max_rel_error"],
+            scalars["lambda_min_rel_error"],
+        )
+        return scalars
+
+    return callback
+
+
+def run(cfg, out_dir: str | Path):
+    """Trains one run (kernels at checkpoints when ``kernel.enabled``), logging as configured."""
+    from omegaconf import OmegaConf
+
+    from ntk.loggers import build_logger
+    from ntk.training import train
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    kcfg = plain.get("kernel") or {}
+    logger = build_logger(plain.get("logger"), run_dir=out_dir, config=plain)
+    try:
+        callbacks = [kernel_callback(kcfg, logger)] if kcfg.get("enabled") else []
+        result = train(plain, out_dir, callbacks=callbacks)
+        logger.log_table("metrics", result.metrics)
+    finally:
+        logger.finish()
+    return result
+
+
+def recompute(run_dir: str | Path, kcfg: Mapping[str, Any] | None = None) -> list[dict]:
+    """Kernel metrics for every saved checkpoint of ``run_dir`` (no retraining).
+
+    ``kcfg`` defaults to the run's own ``kernel`` config, so the numbers match those logged
+    during training. Returns one record per checkpoint (epoch, step and the scalars).
+    """
+    from ntk.checkpoint import iter_checkpoints, load_config
+    from ntk.training import _load_data, resolve_config
+
+    cfg = resolve_config(load_config(run_dir))
+    kcfg = dict(kcfg or cfg.get("kernel") or {})
+    if not kcfg:
+        raise ValueError(f"kcfg: the run {str(run_dir)!r} has no kernel config; pass one")
+    evalset = eval_set_for(_load_data(cfg), kcfg, int(kcfg["seed"]))
+    out = []
+    for ck in iter_checkpoints(run_dir):
+        scalars = kernel_metrics(
+            ck.apply_fn,
+            ck.params,
+            evalset,
+            ridges=tuple(float(r) for r in kcfg["ridges"]),
+            implementation=kcfg["implementation"],
+            approximations=tuple(kcfg.get("approximations") or ()),
+            batch_size=kcfg.get("batch_size"),
+        ).scalars
+        out.append({"epoch": ck.epoch, "step": ck.step, **scalars})
+    return out
