@@ -10,13 +10,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ntk.training import train
+from ntk.experiment import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Runs :func:`ntk.training.train` in Hydra's run dir; returns the final test accuracy."""
-    result = train(cfg, HydraConfig.get().runtime.output_dir)
+    """Trains in Hydra's run dir (kernels at checkpoints when ``kernel.enabled``); returns the
+    final test accuracy."""
+    result = run(cfg, HydraConfig.get().runtime.output_dir)
     return result.metrics[-1]["test_acc"]
 
 

@@ -110,9 +110,7 @@ def kernel_metrics(
     opts = dict(implementation=implementation, batch_size=batch_size)
 
     entk_tt, t_entk, mem_entk = _timed(lambda: kernel(apply_fn, params, x_tr, **opts))
-    pntk_tt, t_pntk, mem_pntk = _timed(
-        lambda: kernel(apply_fn, params, x_tr, kind="pntk", **opts)
-    )
+    pntk_tt, t_pntk, mem_pntk = _timed(lambda: kernel(apply_fn, params, x_tr, kind="pntk", **opts))
     entk_st, _, _ = _timed(lambda: kernel(apply_fn, params, x_te, x_tr, **opts))
     pntk_st, _, _ = _timed(lambda: kernel(apply_fn, params, x_te, x_tr, kind="pntk", **opts))
     if entk_tt.shape[-1] != o:

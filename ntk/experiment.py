@@ -21,8 +21,9 @@ SAVED_ARRAYS = ("eig_entk", "eig_pntk_kron_i", "y_train", "y_test")
 KERNEL_ARRAYS = ("entk", "pntk")
 
 
-def kernels_at(apply_fn, params, evalset: EvalSet, kcfg: Mapping[str, Any], out_dir: Path,
-               epoch: int) -> dict:
+def kernels_at(
+    apply_fn, params, evalset: EvalSet, kcfg: Mapping[str, Any], out_dir: Path, epoch: int
+) -> dict:
     """Kernel metrics for one checkpoint; saves spectra (and kernels if asked) as ``.npz``."""
     res = kernel_metrics(
         apply_fn,

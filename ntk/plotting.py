@@ -108,8 +108,8 @@ def eigen_vs_width(rows, path) -> str:
     ax = axes[2]
     for m, (ws, mu, _) in by_width(rows, "cond_entk").items():
         line = ax.plot(ws, mu, marker="o", label=f"{m} eNTK")[0]
-        _, mu_p, _ = by_width(rows, "cond_pntk", model=m)[m]
-        ax.plot(ws, mu_p, marker="s", ls="--", color=line.get_color(), label=f"{m} pNTK")
+        ws_p, mu_p, _ = by_width(rows, "cond_pntk", model=m).get(m, ([], [], []))
+        ax.plot(ws_p, mu_p, marker="s", ls="--", color=line.get_color(), label=f"{m} pNTK")
     ax.set(xscale="log", yscale="log", xlabel="width", title="condition number")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -141,12 +141,17 @@ def regression_vs_width(rows, ridges: Sequence[float], path) -> str:
             axes[1].plot(ws, mu, marker="o", ls=ls, label=f"{m} ridge={ridge:g}")
         for m, (ws, mu, _) in by_width(rows, "kr_acc_entk" + tag).items():
             line = axes[0].plot(ws, mu, marker="o", ls=ls, label=f"{m} eNTK ridge={ridge:g}")[0]
-            _, mu_p, _ = by_width(rows, "kr_acc_pntk" + tag, model=m)[m]
-            axes[0].plot(ws, mu_p, marker="x", ls=ls, color=line.get_color(), alpha=0.6)
-    axes[0].set(xscale="log", xlabel="width", ylabel="test accuracy",
-                title="kernel regression accuracy (o eNTK, x pNTK)")
-    axes[1].set(xscale="log", yscale="log", xlabel="width",
-                title="‖pred_eNTK − pred_pNTK‖ / ‖pred_eNTK‖")
+            ws_p, mu_p, _ = by_width(rows, "kr_acc_pntk" + tag, model=m).get(m, ([], [], []))
+            axes[0].plot(ws_p, mu_p, marker="x", ls=ls, color=line.get_color(), alpha=0.6)
+    axes[0].set(
+        xscale="log",
+        xlabel="width",
+        ylabel="test accuracy",
+        title="kernel regression accuracy (o eNTK, x pNTK)",
+    )
+    axes[1].set(
+        xscale="log", yscale="log", xlabel="width", title="‖pred_eNTK − pred_pNTK‖ / ‖pred_eNTK‖"
+    )
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
@@ -159,12 +164,17 @@ def cost_vs_width(rows, path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m, (ws, mu, _) in by_width(rows, "time_entk_s").items():
         line = axes[0].plot(ws, mu, marker="o", label=f"{m} eNTK")[0]
-        _, mu_p, _ = by_width(rows, "time_pntk_s", model=m)[m]
-        axes[0].plot(ws, mu_p, marker="s", ls="--", color=line.get_color(), label=f"{m} pNTK")
+        ws_p, mu_p, _ = by_width(rows, "time_pntk_s", model=m).get(m, ([], [], []))
+        axes[0].plot(ws_p, mu_p, marker="s", ls="--", color=line.get_color(), label=f"{m} pNTK")
     for m, (ws, mu, _) in by_width(rows, "peak_rss_mb_entk").items():
         axes[1].plot(ws, mu, marker="o", label=f"{m} (process peak RSS)")
-    axes[0].set(xscale="log", yscale="log", xlabel="width", ylabel="seconds",
-                title="kernel time (first call, incl. compile)")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="width",
+        ylabel="seconds",
+        title="kernel time (first call, incl. compile)",
+    )
     axes[1].set(xscale="log", xlabel="width", ylabel="MB", title="peak memory")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
@@ -181,8 +191,11 @@ def heatmaps(entk_NNOO: np.ndarray, pntk_NN: np.ndarray, path, n_points: int = 4
     p = kron_identity(pntk_NN[:n_points, :n_points], entk_NNOO.shape[-1])
     lim = np.max(np.abs(e))
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, mat, title in ((axes[0], e, "eNTK Θ"), (axes[1], p, "pNTK ⊗ I"),
-                           (axes[2], e - p, "difference")):
+    for ax, mat, title in (
+        (axes[0], e, "eNTK Θ"),
+        (axes[1], p, "pNTK ⊗ I"),
+        (axes[2], e - p, "difference"),
+    ):
         im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)

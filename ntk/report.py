@@ -104,24 +104,32 @@ def trend_checks(rows: list[dict]) -> list[dict]:
         if len(ws) < 2:
             continue
         slope = plotting.fit_loglog_slope(ws, mu)
-        checks.append({
-            "trend": f"{m}: relative Frobenius error at init falls like width^-1/2",
-            "measured": f"slope {slope:.2f} over widths {ws[0]}–{ws[-1]} "
-                        f"({mu[0]:.3f} → {mu[-1]:.3f})",
-            "agrees": bool(-0.9 <= slope <= -0.2),
-        })
+        checks.append(
+            {
+                "trend": f"{m}: relative Frobenius error at init falls like width^-1/2",
+                "measured": f"slope {slope:.2f} over widths {ws[0]}–{ws[-1]} "
+                f"({mu[0]:.3f} → {mu[-1]:.3f})",
+                "agrees": bool(-0.9 <= slope <= -0.2),
+            }
+        )
         _, lmax, _ = plotting.by_width(rows, "lambda_max_rel_error", model=m)[m]
-        _, lmin, _ = plotting.by_width(rows, "lambda_min_rel_error", model=m)[m]
-        checks.append({
-            "trend": f"{m}: λ_max is well approximated (error falls with width)",
-            "measured": f"λ_max rel. error {lmax[0]:.3f} → {lmax[-1]:.3f}",
-            "agrees": bool(lmax[-1] < lmax[0] and lmax[-1] < 0.2),
-        })
-        checks.append({
-            "trend": f"{m}: λ_min (and the condition number) is the weak spot",
-            "measured": f"λ_min rel. error {lmin[-1]:.3f} vs λ_max {lmax[-1]:.3f} at width {ws[-1]}",
-            "agrees": bool(lmin[-1] > lmax[-1]),
-        })
+        _, lmin, _ = plotting.by_width(rows, "lambda_min_rel_error", model=m).get(
+            m, ([], [float("inf")], [])
+        )
+        checks.append(
+            {
+                "trend": f"{m}: λ_max is well approximated (error falls with width)",
+                "measured": f"λ_max rel. error {lmax[0]:.3f} → {lmax[-1]:.3f}",
+                "agrees": bool(lmax[-1] < lmax[0] and lmax[-1] < 0.2),
+            }
+        )
+        checks.append(
+            {
+                "trend": f"{m}: λ_min (and the condition number) is the weak spot",
+                "measured": f"λ_min rel. error {lmin[-1]:.3f} vs λ_max {lmax[-1]:.3f} at width {ws[-1]}",
+                "agrees": bool(lmin[-1] > lmax[-1]),
+            }
+        )
     trained = {}
     for r in rows:
         trained.setdefault((r["model"], r["width"], r["seed"]), []).append(r)
@@ -129,17 +137,34 @@ def trend_checks(rows: list[dict]) -> list[dict]:
     for (m, w, _), rs in trained.items():
         rs = sorted(rs, key=lambda r: r["epoch"])
         if len(rs) >= 2 and rs[0]["epoch"] == 0:
-            deltas.append((m, w, rs[0]["relative_frobenius_error"],
-                           rs[-1]["relative_frobenius_error"], rs[-1]["epoch"]))
+            deltas.append(
+                (
+                    m,
+                    w,
+                    rs[0]["relative_frobenius_error"],
+                    rs[-1]["relative_frobenius_error"],
+                    rs[-1]["epoch"],
+                )
+            )
     if deltas:
         worse = sum(d[3] > d[2] for d in deltas)
-        checks.append({
-            "trend": "during training the approximation may degrade",
-            "measured": f"error grew in {worse}/{len(deltas)} runs: " + "; ".join(
-                f"{m} w={w}: {a:.3f} → {b:.3f} (epoch {e})" for m, w, a, b, e in deltas[:6]),
-            "agrees": None,
-        })
+        checks.append(
+            {
+                "trend": "during training the approximation may degrade",
+                "measured": f"error grew in {worse}/{len(deltas)} runs: "
+                + "; ".join(
+                    f"{m} w={w}: {a:.3f} → {b:.3f} (epoch {e})" for m, w, a, b, e in deltas[:6]
+                ),
+                "agrees": None,
+            }
+        )
     return checks
+
+
+def _of(rows: list[dict], experiment: str) -> list[dict]:
+    """The rows of one experiment preset, or all rows when no run used that preset."""
+    picked = [r for r in rows if r.get("experiment") == experiment]
+    return picked or rows
 
 
 def _table(rows: list[dict], fields) -> str:
@@ -172,22 +197,30 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=(0.0, 1e-
     summary = [{k: _finite(v) for k, v in r.items()} for r in rows]
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
 
+    width_rows = _of(rows, "width_init")
     figs = {
-        "frobenius_vs_width": plotting.frobenius_vs_width(rows, out / "fig_frobenius_width.png"),
-        "frobenius_vs_epoch": plotting.frobenius_vs_epoch(rows, out / "fig_frobenius_epoch.png"),
-        "eigen_vs_width": plotting.eigen_vs_width(rows, out / "fig_eigen_width.png"),
-        "regression_vs_width": plotting.regression_vs_width(
-            rows, ridges, out / "fig_regression_width.png"
+        "frobenius_vs_width": plotting.frobenius_vs_width(
+            width_rows, out / "fig_frobenius_width.png"
         ),
-        "cost_vs_width": plotting.cost_vs_width(rows, out / "fig_cost_width.png"),
+        "frobenius_vs_epoch": plotting.frobenius_vs_epoch(
+            _of(rows, "training"), out / "fig_frobenius_epoch.png"
+        ),
+        "eigen_vs_width": plotting.eigen_vs_width(width_rows, out / "fig_eigen_width.png"),
+        "regression_vs_width": plotting.regression_vs_width(
+            _of(rows, "regression"), ridges, out / "fig_regression_width.png"
+        ),
+        "cost_vs_width": plotting.cost_vs_width(_of(rows, "cost"), out / "fig_cost_width.png"),
     }
-    panels, heat = _spectra(rows)
+    panels, heat = _spectra(_of(rows, "spectra"))
     figs["spectra"] = plotting.spectra_overlay(panels, out / "fig_spectra.png")
     if heat is not None:
         figs["heatmaps"] = plotting.heatmaps(heat[0], heat[1], out / "fig_heatmaps.png")
-    checks = trend_checks(rows)
+    checks = trend_checks(width_rows)
+    checks += [
+        c for c in trend_checks(_of(rows, "training")) if c["agrees"] is None and c not in checks
+    ]
 
-    init = [r for r in rows if r["epoch"] == 0]
+    init = [r for r in width_rows if r["epoch"] == 0]
     lines = [
         "# pNTK vs eNTK: reproduction report",
         "",
@@ -196,17 +229,33 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=(0.0, 1e-
         "",
         "## Headline: at initialisation",
         "",
-        _table(init, ("model", "width", "seed", "relative_frobenius_error",
-                      "lambda_max_rel_error", "lambda_min_rel_error", "cond_entk", "cond_pntk",
-                      "kr_pred_rel_diff", "kr_acc_entk", "kr_acc_pntk", "time_entk_s",
-                      "time_pntk_s")),
+        _table(
+            init,
+            (
+                "model",
+                "width",
+                "seed",
+                "relative_frobenius_error",
+                "lambda_max_rel_error",
+                "lambda_min_rel_error",
+                "cond_entk",
+                "cond_pntk",
+                "kr_pred_rel_diff",
+                "kr_acc_entk",
+                "kr_acc_pntk",
+                "time_entk_s",
+                "time_pntk_s",
+            ),
+        ),
         "## Does this run agree with the literature?",
         "",
         "| expected trend | measured | agrees |",
         "|---|---|---|",
-        *[f"| {c['trend']} | {c['measured']} | "
-          f"{'n/a' if c['agrees'] is None else ('yes' if c['agrees'] else 'no')} |"
-          for c in checks],
+        *[
+            f"| {c['trend']} | {c['measured']} | "
+            f"{'n/a' if c['agrees'] is None else ('yes' if c['agrees'] else 'no')} |"
+            for c in checks
+        ],
         "",
         "## Figures",
         "",

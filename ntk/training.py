@@ -313,8 +313,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _lookup(LOSSES, trainer["loss"], "trainer.loss")
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
         value = trainer[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"trainer.{key}: must be a positive int, got {value!r}")
+        low = 0 if key == "epochs" else 1  # epochs=0: the init checkpoint only
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"trainer.{key}: must be an int >= {low}, got {value!r}")
     if trainer["train_eval_size"] is not None and int(trainer["train_eval_size"]) <= 0:
         raise ValueError(
             f"trainer.train_eval_size: must be positive or null, got {trainer['train_eval_size']!r}"
@@ -415,7 +416,8 @@ def train(
       cfg: ``seed``, ``model``, ``data``, ``optimizer``, ``trainer`` groups (see ``conf/``).
       out_dir: the run directory; re-running into it resumes from the last checkpoint.
       callbacks: each ``fn(event: CheckpointEvent)`` is called, in order, after every
-        checkpoint saved by this call (not for checkpoints restored on resume; use
+        checkpoint saved by this call; a dict it returns is merged into that checkpoint's
+        ``metrics.jsonl`` record (not for checkpoints restored on resume; use
         :func:`ntk.checkpoint.iter_checkpoints` to revisit those).
 
     Returns:
@@ -442,7 +444,7 @@ def train(
 
     model_cfg = dict(cfg["model"])
     model = build_model(model_cfg.pop("name"), num_classes=ds.num_classes, **model_cfg)
-    tx = build_optimizer(cfg["optimizer"], steps_per_epoch=steps_per_epoch, epochs=epochs)
+    tx = build_optimizer(cfg["optimizer"], steps_per_epoch=steps_per_epoch, epochs=max(epochs, 1))
     init_key, key = jax.random.split(jax.random.key(seed))
     state = create_state(model, init_key, ds.input_shape, tx)
     train_step = make_train_step(model, tx, trainer["loss"])
@@ -524,8 +526,12 @@ def train(
                 dataset=ds,
                 cfg=cfg,
             )
+            extra = {}
             for callback in callbacks:
-                callback(event)
+                extra.update(callback(event) or {})
+            if extra:  # a callback may return scalars to store with this checkpoint's record
+                record.update(extra)
+                ckpt.write_metrics(out, records)
 
     try:
         if not resume:

@@ -246,7 +246,7 @@ def test_config_diff_names_keys():
         ({"optimizer.name": "lion"}, ValueError, "optimizer: unknown value 'lion'"),
         ({"optimizer.schedule": "step"}, ValueError, "optimizer.schedule: unknown value 'step'"),
         ({"trainer.loss": "hinge"}, ValueError, "trainer.loss: unknown value 'hinge'"),
-        ({"trainer.epochs": 0}, ValueError, "trainer.epochs: must be a positive int"),
+        ({"trainer.epochs": -1}, ValueError, "trainer.epochs: must be an int >= 0"),
         (
             {"data.name": "mnist", "data.data_dir": None},
             FileNotFoundError,
