@@ -31,10 +31,45 @@ format: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix ntk experiments tests
 	$(VENV)/bin/ruff format ntk experiments tests
 
+RUN := $(PY) experiments/train.py -m
+MLP_WIDTHS := 64,128,256,512,1024,2048
+
+reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (~15 min, 2 cores)
+	rm -rf results/runs
+	$(MAKE) --no-print-directory fig-width fig-training fig-spectra fig-regression fig-cost
+	$(MAKE) --no-print-directory report
+
+fig-width: $(STAMP) ## (a) eNTK vs pNTK at init across widths: MLP, CNN, ResNet-18
+	$(RUN) experiment=width_init logger=wandb model=mlp model.width=$(MLP_WIDTHS) seed=0,1
+	$(RUN) experiment=width_init logger=wandb model=cnn model.width=8,16,32,64
+	$(RUN) experiment=width_init logger=wandb model=resnet18 model.width=2,4,8
+
+fig-training: $(STAMP) ## (b) the approximation over training, at checkpoints
+	$(RUN) experiment=training logger=wandb model=mlp model.width=128,1024
+
+fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I
+	$(RUN) experiment=spectra logger=wandb model=mlp model.width=64,2048
+
+fig-regression: $(STAMP) ## (d) kernel regression, with and without ridge
+	$(RUN) experiment=regression logger=wandb model=mlp model.width=64,256,1024
+
+fig-cost: $(STAMP) ## (e) time and memory of eNTK vs pNTK as width and depth grow
+	$(RUN) experiment=cost logger=wandb model=mlp model.width=256,1024,4096 model.depth=2,4
+
+report: $(STAMP) ## Gather results/runs into results/summary.json, figures and report.md
+	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
+
+reproduce-paper: $(STAMP) ## Paper scale on CIFAR-10 via TFDS (GPU; needs data.data_dir)
+	$(RUN) experiment=width_init logger=wandb data=cifar10 model=resnet18 \
+	    model.width=16,32,64,128 kernel.n_per_class=20 kernel.batch_size=100
+	$(RUN) experiment=training logger=wandb data=cifar10 model=resnet18 model.width=16,64 \
+	    trainer.epochs=50 trainer.checkpoint_epochs=[0,1,5,10,25,50] kernel.n_per_class=20
+	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
+
 bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots in results/bench)
 	$(PY) experiments/bench.py
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test lint format bench clean
+.PHONY: help install test lint format bench clean reproduce report reproduce-paper fig-width fig-training fig-spectra fig-regression fig-cost

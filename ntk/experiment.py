@@ -68,6 +68,28 @@ def kernel_callback(kcfg: Mapping[str, Any], logger):
     return callback
 
 
+def run_figures(run_dir: str | Path) -> dict[str, str]:
+    """Spectrum overlays (first and last checkpoint) and the init heatmap of one run."""
+    import numpy as np
+
+    from ntk import plotting
+
+    files = sorted((Path(run_dir) / "kernels").glob("epoch_*.npz"))
+    if not files:
+        return {}
+    panels, figs = [], {}
+    for f in sorted({files[0], files[-1]}):
+        with np.load(f, allow_pickle=False) as z:
+            panels.append((f.stem, z["eig_entk"], z["eig_pntk_kron_i"]))
+    figs["spectra"] = plotting.spectra_overlay(panels, Path(run_dir) / "fig_spectra.png")
+    with np.load(files[0], allow_pickle=False) as z:
+        if "entk" in z:
+            figs["heatmaps"] = plotting.heatmaps(
+                z["entk"], z["pntk"], Path(run_dir) / "fig_heatmaps.png"
+            )
+    return figs
+
+
 def run(cfg, out_dir: str | Path):
     """Trains one run (kernels at checkpoints when ``kernel.enabled``), logging as configured."""
     from omegaconf import OmegaConf
@@ -82,6 +104,8 @@ def run(cfg, out_dir: str | Path):
         callbacks = [kernel_callback(kcfg, logger)] if kcfg.get("enabled") else []
         result = train(plain, out_dir, callbacks=callbacks)
         logger.log_table("metrics", result.metrics)
+        if callbacks:
+            logger.log_figures(run_figures(out_dir), step=result.step)
     finally:
         logger.finish()
     return result

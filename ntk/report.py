@@ -126,7 +126,8 @@ def trend_checks(rows: list[dict]) -> list[dict]:
         checks.append(
             {
                 "trend": f"{m}: λ_min (and the condition number) is the weak spot",
-                "measured": f"λ_min rel. error {lmin[-1]:.3f} vs λ_max {lmax[-1]:.3f} at width {ws[-1]}",
+                "measured": f"λ_min rel. error {lmin[-1]:.3f} vs λ_max {lmax[-1]:.3f} "
+                f"at width {ws[-1]}",
                 "agrees": bool(lmin[-1] > lmax[-1]),
             }
         )
