@@ -1,0 +1,38 @@
+"""The notebooks execute, on tiny settings, and are committed without outputs."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _tiny_summary(path: Path) -> Path:
+    rows = [
+        {"model": "mlp", "width": w, "epoch": 0, "relative_frobenius_error": 1.0 / w**0.5}
+        for w in (16, 64, 256)
+    ]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    nb = nbformat.read(path, as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    monkeypatch.setenv("NTK_NB_WIDTH", "16")
+    monkeypatch.setenv("NTK_NB_N", "6")
+    monkeypatch.setenv("NTK_NB_WIDTHS", "8,32")
+    monkeypatch.setenv("NTK_NB_MODELS", "mlp")
+    monkeypatch.setenv("NTK_NB_PER_CLASS", "1")
+    monkeypatch.setenv("NTK_NB_SUMMARY", str(_tiny_summary(tmp_path / "summary.json")))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
