@@ -69,7 +69,10 @@ reproduce-paper: $(STAMP) ## Paper scale on CIFAR-10 via TFDS (GPU; needs data.d
 bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots in results/bench)
 	$(PY) experiments/bench.py
 
+bench-scale: $(STAMP) ## Streamed pNTK N=20k/50k and eNTK N=2k to disk (needs ~12 GB free under /tmp)
+	$(PY) -m ntk.bench_scale --out results/bench_scale --work /tmp/ntk_bench_scale
+
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test lint format bench clean reproduce report reproduce-paper fig-width fig-training fig-spectra fig-regression fig-cost
+.PHONY: help install test lint format bench bench-scale clean reproduce report reproduce-paper fig-width fig-training fig-spectra fig-regression fig-cost

@@ -9,8 +9,13 @@ Public API (see README):
   :func:`kron_identity`.
 * regression: :func:`kernel_regression`, :func:`linearized_prediction`, :func:`accuracy`.
 * adapters: :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
+* scale: :func:`stream_kernel` (blocked, on disk, resumable), :func:`sharded_kernel`
+  (rows over all devices), :mod:`ntk.implicit` (matvecs, Lanczos, CG).
+* the reproduction: :mod:`ntk.models`, :mod:`ntk.data`, :mod:`ntk.training`,
+  :mod:`ntk.analysis`, :mod:`ntk.experiment`, :mod:`ntk.report`.
 """
 
+from ntk import implicit  # noqa: E402  (entk_matvec, extreme_eigenvalues, cg_kernel_regression)
 from ntk.adapters import from_linen, from_nnx, from_train_state
 from ntk.kernels import (
     IMPLEMENTATIONS,
@@ -26,6 +31,8 @@ from ntk.kernels import (
 )
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
+from ntk.sharding import sharded_kernel
+from ntk.stream import stream_kernel
 
 __version__ = "0.1.0"
 
@@ -48,6 +55,9 @@ __all__ = [
     "pntk",
     "random_projection_ntk",
     "relative_frobenius_error",
+    "sharded_kernel",
+    "stream_kernel",
+    "implicit",
     "single_logit_ntk",
     "trace_ntk",
 ]
