@@ -41,8 +41,8 @@ reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (~
 
 fig-width: $(STAMP) ## (a) eNTK vs pNTK at init across widths: MLP, CNN, ResNet-18
 	$(RUN) experiment=width_init logger=wandb model=mlp model.width=$(MLP_WIDTHS) seed=0,1
-	$(RUN) experiment=width_init logger=wandb model=cnn model.width=8,16,32,64
-	$(RUN) experiment=width_init logger=wandb model=resnet18 model.width=2,4,8
+	$(RUN) experiment=width_init logger=wandb model=cnn model.width=16,32,64,128
+	$(RUN) experiment=width_init logger=wandb model=resnet18 model.width=4,8,16
 
 fig-training: $(STAMP) ## (b) the approximation over training, at checkpoints
 	$(RUN) experiment=training logger=wandb model=mlp model.width=128,1024
