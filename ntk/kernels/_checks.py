@@ -92,6 +92,11 @@ def _output_shape(apply_fn, params_spec, x_spec):
 
 def output_dim(apply_fn, params: Any, x: Any) -> int:
     """Checks ``apply_fn(params, x) -> [batch, O]`` (shapes only, no FLOPs) and returns O."""
+    return output_spec(apply_fn, params, x)[0]
+
+
+def output_spec(apply_fn, params: Any, x: Any) -> tuple[int, Any]:
+    """Checks ``apply_fn(params, x) -> [batch, O]`` (shapes only, cached) -> ``(O, dtype)``."""
     if not callable(apply_fn):
         raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
     x_spec = (tuple(x.shape), str(x.dtype))
@@ -110,7 +115,7 @@ def output_dim(apply_fn, params: Any, x: Any) -> int:
         raise TypeError(f"apply_fn: output dtype must be floating, got {out.dtype}")
     if shape[1] == 0:
         raise ValueError(f"apply_fn: output has O=0 logits (shape {shape})")
-    return int(shape[1])
+    return int(shape[1]), out.dtype
 
 
 def check_choice(name: str, value: Any, registry) -> None:

@@ -224,9 +224,8 @@ def kernel(
     _checks.check_batch_size(batch_size)
     _checks.check_params(params)
     _checks.check_inputs(x1, x2)
-    o = _checks.output_dim(apply_fn, params, x1)
+    o, dtype = _checks.output_spec(apply_fn, params, x1)
     spec = KINDS[kind]
-    dtype = jax.eval_shape(apply_fn, params, x1[:1]).dtype
     proj_KO = spec.projection(o, dtype, **kind_options)
     if impl is None:
         name = choose_implementation(apply_fn, params, x1, x2, proj_KO.shape[0], spec.diag)
