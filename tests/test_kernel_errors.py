@@ -1,5 +1,7 @@
 """Bad input to the kernel API raises a clear error naming the argument and the values."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +90,35 @@ def test_empty_params_and_non_callable():
         ntk.entk(lambda p, x: x, {}, jnp.ones((2, 3)))
     with pytest.raises(TypeError, match="apply_fn"):
         ntk.entk("not a function", {"w": jnp.ones(3)}, jnp.ones((2, 3)))
+
+
+def custom_vjp_model():
+    @jax.custom_vjp
+    def act(h):
+        return jnp.sin(h)
+
+    act.defvjp(lambda h: (jnp.sin(h), h), lambda h, g: (g * jnp.cos(h),))
+    params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2)}
+    return (lambda p, x: act(x @ p["w"])), params
+
+
+def test_forward_mode_on_custom_vjp_names_the_fix():
+    f, p = custom_vjp_model()
+    with pytest.raises(TypeError, match=r"implementation='ntk_vp'.*forward-mode.*'jacobian'"):
+        ntk.entk(f, p, jnp.ones((4, 3)), implementation="ntk_vp")
+
+
+def test_auto_never_picks_forward_mode_for_custom_vjp(monkeypatch):
+    from ntk.kernels import api
+    from ntk.kernels.implementations import IMPLEMENTATIONS
+
+    f, p = custom_vjp_model()
+    # Make ntk_vp the cheapest by far, so only the forward-mode check can reject it.
+    cheap = dataclasses.replace(IMPLEMENTATIONS["ntk_vp"], cost=lambda **_: 0.0)
+    monkeypatch.setitem(IMPLEMENTATIONS, "ntk_vp", cheap)
+    x = jnp.linspace(0.0, 1.0, 12).reshape(4, 3)
+    assert api.choose_implementation(f, p, x, None, 2, False) != "ntk_vp"
+    want = ntk.entk(f, p, x, implementation="jacobian")
+    np.testing.assert_allclose(ntk.entk(f, p, x), want, rtol=1e-6)
+    g, q = model()
+    assert api.choose_implementation(g, q, x, None, 2, False) == "ntk_vp"

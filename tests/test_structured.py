@@ -151,6 +151,51 @@ def flax_resnet_block():
     return f, params, x, None
 
 
+def scanned_layers():
+    """Stacked weights applied by lax.scan (as nn.scan / nnx.scan do): exact by fallback."""
+    params = {"w": _p(23, 3, 5, 5), "b": _p(24, 3, 5, scale=0.1), "out": _p(25, 5, 3)}
+
+    def f(p, x):
+        def layer(h, wb):
+            return jnp.tanh(h @ wb[0] + wb[1][None]), None
+
+        h, _ = jax.lax.scan(layer, x, (p["w"], p["b"]))
+        return h @ p["out"]
+
+    return f, params, inputs((5,), 5, 0), {"structured": {"out"}}
+
+
+def per_head_weights_and_attention():
+    """Weights with a batch (head) dim fall back; q/k/v projections inside softmax attention
+    and a custom_vjp activation under cond and fori_loop stay structured."""
+
+    @jax.custom_vjp
+    def act(h):
+        return jnp.sin(h)
+
+    act.defvjp(lambda h: (jnp.sin(h), h), lambda h, g: (g * jnp.cos(h),))
+    params = {
+        "heads": _p(26, 2, 3, 4),  # [H, C, D], used with H as a dot_general batch dim
+        "q": _p(27, 4, 4),
+        "k": _p(28, 4, 4),
+        "v": _p(29, 4, 4),
+        "gain": jnp.asarray(1.3, jnp.float64),
+        "out": _p(30, 8, 3),
+    }
+
+    def f(p, x):
+        xh = x.reshape(x.shape[0], 2, 3)
+        h = jnp.einsum("nhc,hcd->nhd", xh, p["heads"])  # [N, T=2, 4]
+        q, k, v = h @ p["q"], h @ p["k"], h @ p["v"]
+        a = jax.nn.softmax(jnp.einsum("ntd,nsd->nts", q, k) / 2.0, axis=-1)
+        h = act(jnp.einsum("nts,nsd->ntd", a, v))
+        h = jax.lax.cond(True, lambda t: t * p["gain"], lambda t: t, h)
+        h = jax.lax.fori_loop(0, 2, lambda i, t: jnp.tanh(t), h)
+        return h.reshape(x.shape[0], -1) @ p["out"]
+
+    return f, params, inputs((6,), 5, 0), {"structured": {"q", "k", "v", "out"}}
+
+
 CASES = {
     "weight_used_twice": weight_used_twice,
     "embedding": embedding,
@@ -159,6 +204,8 @@ CASES = {
     "conv_variants": conv_variants,
     "nested_jit_checkpoint_and_param_product": nested_jit_checkpoint_and_param_product,
     "flax_resnet_block": flax_resnet_block,
+    "scanned_layers": scanned_layers,
+    "per_head_weights_and_attention": per_head_weights_and_attention,
 }
 
 

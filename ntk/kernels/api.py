@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from ntk.kernels import _checks
 from ntk.kernels.implementations import IMPLEMENTATIONS, jaxpr_flops
@@ -127,8 +128,52 @@ def forward_flops(apply_fn, params, x) -> float:
         return _forward_flops_cached.__wrapped__(apply_fn, spec, (tuple(x.shape), str(x.dtype)))
 
 
+def _sub_jaxprs(eqn):
+    for v in eqn.params.values():
+        for item in v if isinstance(v, (list, tuple)) else (v,):
+            if isinstance(item, ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, Jaxpr):
+                yield item
+
+
+def _custom_vjp_in(jaxpr) -> bool:
+    """Whether a ``custom_vjp`` call (no forward-mode rule) is reachable without passing
+    through a ``custom_jvp`` call (whose own rule replaces its body under jvp)."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name.startswith("custom_vjp"):
+            return True
+        if not name.startswith("custom_jvp") and any(map(_custom_vjp_in, _sub_jaxprs(eqn))):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_mode_error_cached(apply_fn, params_spec, x_spec) -> str | None:
+    treedef, leaves = params_spec
+    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+    x = jax.ShapeDtypeStruct((1, *x_spec[0][1:]), x_spec[1])
+    if _custom_vjp_in(jax.make_jaxpr(apply_fn)(params, x).jaxpr):
+        return "apply_fn calls a jax.custom_vjp function, which has no jvp rule"
+    return None
+
+
+def forward_mode_error(apply_fn, params, x) -> str | None:
+    """Why ``jax.jvp`` cannot go through ``apply_fn`` (traced abstractly), or None if it can."""
+    spec = _checks._spec(params)
+    args = (apply_fn, spec, (tuple(x.shape), str(x.dtype)))
+    try:
+        return _forward_mode_error_cached(*args)
+    except TypeError:  # unhashable apply_fn
+        return _forward_mode_error_cached.__wrapped__(*args)
+
+
 def choose_implementation(apply_fn, params, x1, x2, k: int, diag: bool) -> str:
-    """Name of the registered implementation with the lowest estimated FLOP count."""
+    """Name of the registered implementation with the lowest estimated FLOP count.
+
+    Forward-mode implementations are skipped when ``jax.jvp`` cannot trace ``apply_fn``.
+    """
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     p = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
@@ -138,7 +183,12 @@ def choose_implementation(apply_fn, params, x1, x2, k: int, diag: bool) -> str:
         name: impl.cost(n1=n1, n2=n2, k=k, p=p, fp=fp, diag=diag, **ctx)
         for name, impl in IMPLEMENTATIONS.items()
     }
-    return min(costs, key=costs.get)
+    for name in sorted(costs, key=costs.get):
+        if not IMPLEMENTATIONS[name].forward_mode:
+            return name
+        if forward_mode_error(apply_fn, params, x1) is None:
+            return name
+    raise AssertionError("unreachable: 'jacobian' needs reverse mode only")
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "impl_name", "diag"))
@@ -231,6 +281,11 @@ def kernel(
         name = choose_implementation(apply_fn, params, x1, x2, proj_KO.shape[0], spec.diag)
     else:
         name = implementation
+        if impl.forward_mode and (why := forward_mode_error(apply_fn, params, x1)) is not None:
+            raise TypeError(
+                f"implementation={implementation!r} needs forward-mode autodiff (jax.jvp) through "
+                f"apply_fn, which fails: {why}. Use implementation='jacobian' or 'structured'."
+            )
 
     def compute(a, b):
         return _block(apply_fn, name, spec.diag, params, a, b, proj_KO)

@@ -136,6 +136,7 @@ class Implementation:
     fn: Callable[..., Any]
     cost: Callable[..., float]
     doc: str
+    forward_mode: bool = False  # needs jax.jvp through apply_fn (fails on custom_vjp)
 
 
 # FLOP models, with [FP] = fp the per-example forward pass: a vjp is one forward plus ~2[FP]
@@ -159,5 +160,6 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         _cost_ntk_vp,
         "NTK-vector products: never stores J; cost N1·N2·K forward passes. Wins for a "
         "cheap forward pass with small N.",
+        forward_mode=True,
     ),
 }
