@@ -34,7 +34,7 @@ format: $(STAMP) ## Format the code with ruff
 RUN := $(PY) experiments/train.py -m
 MLP_WIDTHS := 64,128,256,512,1024,2048
 
-reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (~15 min, 2 cores)
+reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (~12 min on 2 cores, venv included)
 	rm -rf results/runs
 	$(MAKE) --no-print-directory fig-width fig-training fig-spectra fig-regression fig-cost
 	$(MAKE) --no-print-directory report
