@@ -109,25 +109,6 @@ def _resolve(name):
     return IMPLEMENTATIONS[name]
 
 
-@functools.lru_cache(maxsize=256)
-def _forward_flops_cached(apply_fn, params_spec, x_spec) -> float:
-    treedef, leaves = params_spec
-    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-    x = jax.ShapeDtypeStruct((1, *x_spec[0][1:]), x_spec[1])
-    flops = jaxpr_flops(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
-    p = sum(math.prod(s) for s, _ in leaves)
-    return max(flops, 2.0 * p)
-
-
-def forward_flops(apply_fn, params, x) -> float:
-    """Estimated FLOPs of one per-example forward pass (counted on its jaxpr, at least 2P)."""
-    spec = _checks._spec(params)
-    try:
-        return _forward_flops_cached(apply_fn, spec, (tuple(x.shape), str(x.dtype)))
-    except TypeError:
-        return _forward_flops_cached.__wrapped__(apply_fn, spec, (tuple(x.shape), str(x.dtype)))
-
-
 def _sub_jaxprs(eqn):
     for v in eqn.params.values():
         for item in v if isinstance(v, (list, tuple)) else (v,):
@@ -150,23 +131,34 @@ def _custom_vjp_in(jaxpr) -> bool:
 
 
 @functools.lru_cache(maxsize=256)
-def _forward_mode_error_cached(apply_fn, params_spec, x_spec) -> str | None:
+def _forward_facts_cached(apply_fn, params_spec, x_spec) -> tuple[float, bool]:
+    """(FLOPs of one per-example forward pass, whether it calls a custom_vjp function)."""
     treedef, leaves = params_spec
     params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
     x = jax.ShapeDtypeStruct((1, *x_spec[0][1:]), x_spec[1])
-    if _custom_vjp_in(jax.make_jaxpr(apply_fn)(params, x).jaxpr):
-        return "apply_fn calls a jax.custom_vjp function, which has no jvp rule"
-    return None
+    jaxpr = jax.make_jaxpr(apply_fn)(params, x).jaxpr
+    p = sum(math.prod(s) for s, _ in leaves)
+    return max(jaxpr_flops(jaxpr), 2.0 * p), _custom_vjp_in(jaxpr)
+
+
+def _forward_facts(apply_fn, params, x) -> tuple[float, bool]:
+    args = (apply_fn, _checks._spec(params), (tuple(x.shape), str(x.dtype)))
+    try:
+        return _forward_facts_cached(*args)
+    except TypeError:  # unhashable apply_fn
+        return _forward_facts_cached.__wrapped__(*args)
+
+
+def forward_flops(apply_fn, params, x) -> float:
+    """Estimated FLOPs of one per-example forward pass (counted on its jaxpr, at least 2P)."""
+    return _forward_facts(apply_fn, params, x)[0]
 
 
 def forward_mode_error(apply_fn, params, x) -> str | None:
-    """Why ``jax.jvp`` cannot go through ``apply_fn`` (traced abstractly), or None if it can."""
-    spec = _checks._spec(params)
-    args = (apply_fn, spec, (tuple(x.shape), str(x.dtype)))
-    try:
-        return _forward_mode_error_cached(*args)
-    except TypeError:  # unhashable apply_fn
-        return _forward_mode_error_cached.__wrapped__(*args)
+    """Why ``jax.jvp`` cannot go through ``apply_fn``, or None if it can."""
+    if _forward_facts(apply_fn, params, x)[1]:
+        return "apply_fn calls a jax.custom_vjp function, which has no jvp rule"
+    return None
 
 
 def choose_implementation(apply_fn, params, x1, x2, k: int, diag: bool) -> str:
