@@ -255,9 +255,10 @@ def test_test_models_take_the_fast_path():
 
 
 @pytest.mark.parametrize("force", ["structured_sum", "materialised"])
-@pytest.mark.parametrize("diag", [False, True])
-def test_both_site_strategies_are_exact(force, diag, monkeypatch):
-    """Conv sites (S > 1) computed by the structured sum and by the materialised J_W."""
+@pytest.mark.parametrize("kind", ["entk", "diagonal", "pntk"])
+def test_both_site_strategies_are_exact(force, kind, monkeypatch):
+    """Conv sites (S > 1) by the structured sum and by a materialised J_W (from patches when
+    K > 1, from the vjp as a fallback leaf when K = 1, as for the pNTK)."""
 
     def fake_costs(*args, **kwargs):
         return (0.0, math.inf, 0.0) if force == "structured_sum" else (math.inf, 0.0, 0.0)
@@ -268,11 +269,28 @@ def test_both_site_strategies_are_exact(force, diag, monkeypatch):
         f, params, x, _ = conv_variants()
         x2 = x[:3] + 0.5
         ref = reference_entk(f, params, x, x2)
-        kind = "diagonal" if diag else "entk"
+        want = {
+            "entk": ref,
+            "diagonal": np.einsum("abkk->abk", ref),
+            "pntk": ref.sum((2, 3)) / ref.shape[-1],
+        }[kind]
         got = ntk.kernel(f, params, x, x2, kind=kind, implementation="structured")
-        _assert_close(got, np.einsum("abkk->abk", ref) if diag else ref)
+        _assert_close(got, want)
     finally:
         _block.clear_cache()
+
+
+def test_single_cotangent_materialises_by_vjp(monkeypatch):
+    """K = 1 turns the sites that would materialise J_W into fallback leaves; K > 1 keeps them."""
+    f, params, x, want = conv_variants()
+    plan = structured.plan_for(f, params, x, 1)
+    monkeypatch.setattr(structured, "site_costs", lambda *a, **k: (math.inf, 0.0, 0.0))
+    one = structured._single_cotangent_by_vjp(plan, 4, 4, 1, False)
+    names = sorted(params)
+    convs = {n for n in want["structured"] if n != "out"}
+    assert {names[i] for i in one.sites} == want["structured"] - convs  # only the dense (S=1)
+    assert set(one.fallback) == set(plan.fallback) | {names.index(n) for n in convs}
+    assert structured._single_cotangent_by_vjp(plan, 4, 4, 3, False) is plan
 
 
 def test_structured_float32_and_jit_and_no_recompile():
