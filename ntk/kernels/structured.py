@@ -517,6 +517,14 @@ def site_costs(n1, n2, k, s, c, f, diag) -> tuple[float, float, float]:
     return _SUM_PENALTY * struct, mat, largest
 
 
+def sums_site(n1, n2, k, s, c, f, diag) -> bool:
+    """Whether a site takes the structured sum (else its ``J_W`` is materialised)."""
+    if s == 1:
+        return True
+    struct, mat, largest = site_costs(n1, n2, k, s, c, f, diag)
+    return struct <= mat and largest <= _MAX_INTERMEDIATE
+
+
 def _site_kernel(a1, d1, a2, d2, diag):
     n1, k, s, f = d1.shape
     n2, c = d2.shape[0], a1.shape[-1]
@@ -525,8 +533,7 @@ def _site_kernel(a1, d1, a2, d2, diag):
         if diag:
             return g_ab[:, :, None] * jnp.einsum("akf,bkf->abk", d1[:, :, 0], d2[:, :, 0])
         return g_ab[:, :, None, None] * jnp.einsum("akf,blf->abkl", d1[:, :, 0], d2[:, :, 0])
-    struct, mat, largest = site_costs(n1, n2, k, s, c, f, diag)
-    if struct <= mat and largest <= _MAX_INTERMEDIATE:
+    if sums_site(n1, n2, k, s, c, f, diag):
         spec = "asc,btc,aksf,bktf->abk" if diag else "asc,btc,aksf,bltf->abkl"
         return jnp.einsum(spec, a1, a2, d1, d2, optimize="optimal")
     j1 = _weight_jacobian(a1, d1)
@@ -569,13 +576,11 @@ def _single_cotangent_by_vjp(plan: Plan, n1, n2, k, diag) -> Plan:
     cotangents is faster (measured on CPU: CNN pNTK 28 -> 15-21 ms, eNTK 2x slower by vjp)."""
     if k > 1:
         return plan
-    keep = {}
-    for leaf, site in plan.sites.items():
-        s, c, f = site_dims(site)
-        c += site.bias_leaf is not None
-        struct, mat, largest = site_costs(n1, n2, k, s, c, f, diag)
-        if s == 1 or (struct <= mat and largest <= _MAX_INTERMEDIATE):
-            keep[leaf] = site
+    keep = {
+        leaf: site
+        for leaf, site in plan.sites.items()
+        if sums_site(n1, n2, k, *site_dims(site, with_bias=True), diag)
+    }
     return plan if len(keep) == len(plan.sites) else replace(plan, sites=keep)
 
 
@@ -600,26 +605,28 @@ def structured_cost(n1, n2, k, p, fp, diag, *, apply_fn, params, x1, **_):
     p_fb = sum(int(np.size(leaves[i])) for i in plan.fallback)
     cost = (n1 + n2) * (1 + k) * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p_fb
     for site in plan.sites.values():
-        s, c, f = site_dims(site)
-        c += site.bias_leaf is not None
+        s, c, f = site_dims(site, with_bias=True)
         struct, mat, largest = site_costs(n1, n2, k, s, c, f, diag)
         cost += min(struct if largest <= _MAX_INTERMEDIATE else math.inf, mat)
     return cost
 
 
-def site_dims(site: Site) -> tuple[int, int, int]:
-    """``(S, C, F)``: weight-sharing positions, input and output width of a site."""
+def site_dims(site: Site, with_bias: bool = False) -> tuple[int, int, int]:
+    """``(S, C, F)``: weight-sharing positions, input and output width of a site; with
+    ``with_bias`` a folded bias counts as one more input feature."""
     size_w = math.prod(site.weight_shape)
     if site.kind == "conv":
         lhs_spec, rhs_spec, out_spec = site.params["dimension_numbers"]
         f = site.out_shape[out_spec[1]]
         s = math.prod(site.out_shape) // f
-        return s, size_w // f, f
-    (lc, rc), _ = site.params["dimension_numbers"]
-    c_other = rc if site.operand == 0 else lc
-    c = math.prod(site.other_shape[d] for d in c_other)
-    s = math.prod(site.other_shape) // c
-    return s, c, size_w // c
+        c = size_w // f
+    else:
+        (lc, rc), _ = site.params["dimension_numbers"]
+        c_other = rc if site.operand == 0 else lc
+        c = math.prod(site.other_shape[d] for d in c_other)
+        s = math.prod(site.other_shape) // c
+        f = size_w // c
+    return s, c + (with_bias and site.bias_leaf is not None), f
 
 
 IMPLEMENTATIONS["structured"] = Implementation(
