@@ -2,13 +2,14 @@
 
 Public API (see README):
 
-* kernels: :func:`entk`, :func:`pntk`, :func:`kernel` and the approximations
+* kernels: :func:`kernel_fn` (build once, call many times), :func:`entk`, :func:`pntk`,
+  :func:`kernel` and the approximations
   :func:`trace_ntk`, :func:`diagonal_ntk`, :func:`single_logit_ntk`,
   :func:`random_projection_ntk`; registries :data:`IMPLEMENTATIONS` and :data:`KINDS`.
 * metrics: :func:`relative_frobenius_error`, :func:`compare_spectra`, :func:`as_matrix`,
   :func:`kron_identity`.
 * regression: :func:`kernel_regression`, :func:`linearized_prediction`, :func:`accuracy`.
-* adapters: :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
+* adapters: :func:`from_equinox`, :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
 * scale: :func:`stream_kernel` (blocked, on disk, resumable), :func:`sharded_kernel`
   (rows over all devices), :mod:`ntk.implicit` (matvecs, Lanczos, CG).
 * the reproduction: :mod:`ntk.models`, :mod:`ntk.data`, :mod:`ntk.training`,
@@ -16,7 +17,7 @@ Public API (see README):
 """
 
 from ntk import implicit  # noqa: E402  (entk_matvec, extreme_eigenvalues, cg_kernel_regression)
-from ntk.adapters import from_linen, from_nnx, from_train_state
+from ntk.adapters import from_equinox, from_linen, from_nnx, from_train_state
 from ntk.kernels import (
     IMPLEMENTATIONS,
     KINDS,
@@ -24,6 +25,7 @@ from ntk.kernels import (
     diagonal_ntk,
     entk,
     kernel,
+    kernel_fn,
     pntk,
     random_projection_ntk,
     single_logit_ntk,
@@ -45,10 +47,12 @@ __all__ = [
     "compare_spectra",
     "diagonal_ntk",
     "entk",
+    "from_equinox",
     "from_linen",
     "from_nnx",
     "from_train_state",
     "kernel",
+    "kernel_fn",
     "kernel_regression",
     "kron_identity",
     "linearized_prediction",

@@ -1,9 +1,18 @@
-"""Adapters that turn Flax models into the kernel interface ``apply_fn(params, x) -> [batch, O]``.
+"""Adapters that turn Flax and Equinox models into ``apply_fn(params, x, **state) -> [batch, O]``.
 
 The kernel is always taken with respect to the *trainable* parameters only. Everything else a
-model carries (BatchNorm ``batch_stats``, NNX ``BatchStat``/``Variable`` state, RNG state) is
-closed over and held fixed, and layers are run in evaluation mode where the caller says so
-(``train=False`` for the models in :mod:`ntk.models`).
+model carries (BatchNorm ``batch_stats``, NNX ``BatchStat`` variables, Equinox state) is a
+keyword argument of ``apply_fn`` that defaults to its value when the adapter was called.
+Give the state of each checkpoint to one :func:`ntk.kernel_fn` as a keyword, so that kernels
+at every checkpoint of a run share one compiled computation::
+
+    apply_fn, params = ntk.from_linen(model, variables_0, train=False)
+    fn = ntk.kernel_fn(apply_fn, kind="pntk")
+    for variables in checkpoints:
+        k = fn(variables["params"], x, batch_stats=variables["batch_stats"])
+
+Layers must run in evaluation mode (``train=False``, ``module.eval()``,
+``eqx.nn.inference_mode``) so that row n of the output depends on example n only.
 """
 
 from __future__ import annotations
@@ -13,9 +22,9 @@ from typing import Any
 
 import jax
 
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
+ApplyFn = Callable[..., jax.Array]
 
-__all__ = ["from_linen", "from_nnx", "from_train_state"]
+__all__ = ["from_equinox", "from_linen", "from_nnx", "from_train_state"]
 
 
 def from_linen(
@@ -26,13 +35,14 @@ def from_linen(
     Args:
       module: a ``flax.linen.Module``.
       variables: the dict returned by ``module.init``; must hold a ``"params"`` collection.
-        Every other collection (e.g. ``"batch_stats"``) is held fixed.
+        Every other collection (e.g. ``"batch_stats"``) becomes a keyword of ``apply_fn``.
       **apply_kwargs: extra keyword arguments for ``module.apply``, e.g. ``train=False`` so
         that BatchNorm uses its running statistics.
 
     Returns:
-      ``(apply_fn, params)`` with ``apply_fn(params, x) = module.apply({"params": params,
-      **rest}, x, **apply_kwargs)``; ``params`` is ``variables["params"]``.
+      ``(apply_fn, params)`` with ``apply_fn(params, x, **collections) = module.apply(
+      {"params": params, **collections}, x, **apply_kwargs)``, each collection defaulting
+      to its value in ``variables``; ``params`` is ``variables["params"]``.
     """
     if not isinstance(variables, Mapping) or "params" not in variables:
         keys = list(variables) if isinstance(variables, Mapping) else type(variables).__name__
@@ -40,42 +50,83 @@ def from_linen(
             f"variables: expected the dict from module.init with a 'params' collection, got {keys}"
         )
     rest = {k: v for k, v in variables.items() if k != "params"}
+    return _with_collections(module.apply, rest, apply_kwargs), variables["params"]
 
-    def apply_fn(params, x):
-        return module.apply({"params": params, **rest}, x, **apply_kwargs)
 
-    return apply_fn, variables["params"]
+def _with_collections(apply, defaults: dict, apply_kwargs: dict) -> ApplyFn:
+    def apply_fn(params, x, **collections):
+        unknown = sorted(set(collections) - set(defaults))
+        if unknown:
+            raise TypeError(
+                f"apply_fn: unknown collections {unknown}; the model holds {sorted(defaults)}"
+            )
+        return apply({"params": params, **defaults, **collections}, x, **apply_kwargs)
+
+    return apply_fn
 
 
 def from_train_state(state: Any, **apply_kwargs: Any) -> tuple[ApplyFn, Any]:
     """``(apply_fn, params)`` from a ``flax.training.train_state.TrainState``-like object.
 
-    Uses ``state.apply_fn`` and ``state.params``; a ``batch_stats`` attribute, when present, is
-    held fixed (pass ``train=False`` for evaluation-mode normalisation).
+    Uses ``state.apply_fn`` and ``state.params``; a ``batch_stats`` attribute, when present,
+    becomes the ``batch_stats`` keyword of ``apply_fn`` (pass ``train=False`` for
+    evaluation-mode normalisation).
     """
-    variables = {"params": state.params}
+    rest = {}
     batch_stats = getattr(state, "batch_stats", None)
     if batch_stats is not None:
-        variables["batch_stats"] = batch_stats
-    apply = state.apply_fn
+        rest["batch_stats"] = batch_stats
+    return _with_collections(state.apply_fn, rest, apply_kwargs), state.params
 
-    def apply_fn(params, x):
-        return apply({**variables, "params": params}, x, **apply_kwargs)
 
-    return apply_fn, state.params
+def from_equinox(model: Any, state: Any = None, *, batched: bool = False) -> tuple[ApplyFn, Any]:
+    """Splits an Equinox module into ``(apply_fn, params)`` with ``eqx.partition``.
+
+    Args:
+      model: an ``eqx.Module``. Its inexact (floating) array leaves are the parameters;
+        everything else is held fixed. Use ``eqx.nn.inference_mode(model)`` first if it
+        holds BatchNorm or Dropout.
+      state: an ``eqx.nn.State`` for stateful models (``model(x, state) -> (out, state)``),
+        or None. It becomes the ``state`` keyword of ``apply_fn`` (the new state the model
+        returns is discarded).
+      batched: False (the Equinox convention) if ``model`` maps one example to ``[O]``; the
+        adapter then vmaps it over the batch. True if it already maps ``[batch, ...]`` to
+        ``[batch, O]``.
+
+    Returns:
+      ``(apply_fn, params)`` with ``apply_fn(params, x, state=state) -> [batch, O]``.
+    """
+    import equinox as eqx
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def apply_fn(p, x, state=state):
+        m = eqx.combine(p, static)
+        one = m if state is None else (lambda xi: m(xi, state)[0])
+        return one(x) if batched else jax.vmap(one)(x)
+
+    return apply_fn, params
 
 
 def from_nnx(module: Any, **call_kwargs: Any) -> tuple[ApplyFn, Any]:
     """Splits an NNX module into ``(apply_fn, params)``.
 
-    ``params`` is the ``nnx.Param`` state; all other state (e.g. BatchNorm running statistics)
-    is held fixed. Put the module in eval mode first (``module.eval()``) if it normalises.
+    ``params`` is the ``nnx.Param`` state. ``apply_fn(params, x, state=None)`` runs the module
+    with every other variable (BatchNorm statistics, RNG counts) taken from ``state``, an
+    ``nnx.State`` as returned by ``nnx.split(module, nnx.Param, ...)[2]``, or held at the
+    module's current values when ``state`` is None. Pass the state of each checkpoint as
+    ``fn(params, x, state=state)`` to a :func:`ntk.kernel_fn` to reuse one compiled kernel.
+    Put the module in eval mode first (``module.eval()``) if it normalises or drops out.
     """
     from flax import nnx
 
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
-    def apply_fn(p, x):
-        return nnx.merge(graphdef, p, rest)(x, **call_kwargs)
+    def apply_fn(p, x, state=None):
+        # Fresh Variable objects on every call: nnx.merge must not reuse objects created
+        # outside the current trace (that breaks nnx.scan / nnx.vmap inside the model).
+        fresh = jax.tree_util.tree_map(lambda a: a, rest if state is None else state)
+        p = jax.tree_util.tree_map(lambda a: a, p)
+        return nnx.merge(graphdef, p, fresh)(x, **call_kwargs)
 
     return apply_fn, params

@@ -9,7 +9,7 @@ callback at every checkpoint and again, identically, by the recompute entry poin
 
 from __future__ import annotations
 
-import resource
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ntk.kernels import kernel
+from ntk.kernels import kernel_fn
 from ntk.metrics import compare_spectra, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
 
@@ -61,15 +61,51 @@ def _int_labels(y: np.ndarray) -> np.ndarray:
     return np.argmax(y, axis=1).astype(np.int32) if y.ndim == 2 else y.astype(np.int32)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+@functools.lru_cache(maxsize=64)
+def _kernel_fn(apply_fn, kind, implementation, batch_size):
+    """One built kernel function per (model function, kind, settings): checkpoints of a run
+    share it, and with it their compiled computations."""
+    return kernel_fn(apply_fn, kind=kind, implementation=implementation, batch_size=batch_size)
 
 
 def _timed(fn):
-    """``(result as float64 numpy, wall seconds, process peak RSS in MB after)``."""
+    """``(result as float64 numpy, warm seconds, first-call seconds)``: the first call
+    includes any compilation, the second is timed alone."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn())
-    return np.asarray(out, np.float64), time.perf_counter() - t0, _peak_rss_mb()
+    return np.asarray(out, np.float64), time.perf_counter() - t0, first
+
+
+def compiled_bytes(kfn, *args, **apply_kwargs) -> int | None:
+    """Bytes the compiled kernel computation needs (temporaries and output, from XLA's own
+    memory analysis of the unblocked computation), or None where the backend has none.
+    Depends on shapes only: computed once per signature."""
+    from ntk.kernels.model import tree_spec
+
+    return _compiled_bytes(kfn, tree_spec((args, apply_kwargs)), args, apply_kwargs)
+
+
+_BYTES: dict = {}
+
+
+def _compiled_bytes(kfn, spec, args, apply_kwargs) -> int | None:
+    key = (kfn, spec)
+    if key not in _BYTES:
+        _BYTES[key] = _memory_of(kfn, args, apply_kwargs)
+    return _BYTES[key]
+
+
+def _memory_of(kfn, args, apply_kwargs) -> int | None:
+    try:
+        mem = kfn.lower(*args, **apply_kwargs).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 - memory analysis is optional per backend
+        return None
+    if mem is None:
+        return None
+    return int(mem.temp_size_in_bytes + mem.output_size_in_bytes)
 
 
 def kernel_metrics(
@@ -81,11 +117,14 @@ def kernel_metrics(
     implementation: str = "auto",
     approximations: Sequence[str] = (),
     batch_size: int | None = None,
+    apply_kwargs: Mapping[str, Any] | None = None,
 ) -> KernelResult:
     """All paper metrics for one set of parameters.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> [batch, O]`` (eval mode).
+      apply_fn: ``apply_fn(params, x, **apply_kwargs) -> [batch, O]`` (eval mode). Pass the
+        same function at every checkpoint (e.g. :func:`ntk.models.eval_apply_fn`) and the
+        kernels compile once per run.
       params: the parameters at this checkpoint.
       evalset: N training points (the kernel's ``X``) and M held-out points.
       ridges: relative ridges for kernel regression (see :mod:`ntk.regression`); the first
@@ -94,25 +133,30 @@ def kernel_metrics(
       approximations: extra kinds compared to the eNTK by relative Frobenius error, e.g.
         ``("trace", "diagonal", "single_logit")``.
       batch_size: block size for the kernels (bounds memory).
+      apply_kwargs: non-differentiated model state (e.g. ``batch_stats``) for ``apply_fn``.
 
     Returns:
       :class:`KernelResult` with scalars (``relative_frobenius_error``,
       ``lambda_max_rel_error``, ``lambda_min_rel_error``, ``cond_entk``, ``cond_pntk``,
       ``kr_pred_rel_diff``, ``kr_acc_entk``, ``kr_acc_pntk`` at the first ridge, the same
       with a ``@ridge=r`` suffix for every ridge, ``lin_*`` for the linearised network,
-      ``time_*_s`` and ``peak_rss_mb_*``) and arrays (``entk``, ``pntk``, spectra,
+      warm ``time_*_s``, first-call ``time_first_*_s`` and the compiled computation's
+      ``kernel_bytes_*``) and arrays (``entk``, ``pntk``, spectra,
       predictions).
     """
     x_tr, x_te = np.asarray(evalset.x_train), np.asarray(evalset.x_test)
     y_tr, y_te = evalset.y_train, evalset.y_test
     o = evalset.num_classes
     y_onehot = np.eye(o)[y_tr]
-    opts = dict(implementation=implementation, batch_size=batch_size)
+    kw = dict(apply_kwargs or {})
 
-    entk_tt, t_entk, mem_entk = _timed(lambda: kernel(apply_fn, params, x_tr, **opts))
-    pntk_tt, t_pntk, mem_pntk = _timed(lambda: kernel(apply_fn, params, x_tr, kind="pntk", **opts))
-    entk_st, _, _ = _timed(lambda: kernel(apply_fn, params, x_te, x_tr, **opts))
-    pntk_st, _, _ = _timed(lambda: kernel(apply_fn, params, x_te, x_tr, kind="pntk", **opts))
+    def kfn(kind):
+        return _kernel_fn(apply_fn, kind, implementation, batch_size)
+
+    entk_tt, t_entk, t1_entk = _timed(lambda: kfn("entk")(params, x_tr, **kw))
+    pntk_tt, t_pntk, t1_pntk = _timed(lambda: kfn("pntk")(params, x_tr, **kw))
+    entk_st = np.asarray(kfn("entk")(params, x_te, x_tr, **kw), np.float64)
+    pntk_st = np.asarray(kfn("pntk")(params, x_te, x_tr, **kw), np.float64)
     if entk_tt.shape[-1] != o:
         raise ValueError(
             f"apply_fn: returns O={entk_tt.shape[-1]} outputs but the data has {o} classes"
@@ -124,8 +168,10 @@ def kernel_metrics(
         "num_outputs": int(o),
         "time_entk_s": t_entk,
         "time_pntk_s": t_pntk,
-        "peak_rss_mb_entk": mem_entk,
-        "peak_rss_mb_pntk": mem_pntk,
+        "time_first_entk_s": t1_entk,
+        "time_first_pntk_s": t1_pntk,
+        "kernel_bytes_entk": compiled_bytes(kfn("entk"), params, x_tr, **kw),
+        "kernel_bytes_pntk": compiled_bytes(kfn("pntk"), params, x_tr, **kw),
         "relative_frobenius_error": relative_frobenius_error(entk_tt, pntk_tt),
     }
     spec = compare_spectra(entk_tt, pntk_tt)
@@ -165,8 +211,8 @@ def kernel_metrics(
         arrays[f"pred_entk@ridge={ridge:g}"] = p_e
         arrays[f"pred_pntk@ridge={ridge:g}"] = p_p
 
-    f0_tr = np.asarray(apply_fn(params, x_tr), np.float64)
-    f0_te = np.asarray(apply_fn(params, x_te), np.float64)
+    f0_tr = np.asarray(apply_fn(params, x_tr, **kw), np.float64)
+    f0_te = np.asarray(apply_fn(params, x_te, **kw), np.float64)
     lin_e = linearized_prediction(entk_tt, entk_st, y_onehot, f0_tr, f0_te, ridge=ridges[0])
     lin_p = linearized_prediction(pntk_tt, pntk_st, y_onehot, f0_tr, f0_te, ridge=ridges[0])
     s.update(
@@ -176,7 +222,7 @@ def kernel_metrics(
     )
 
     for kind in approximations:
-        approx, t_a, _ = _timed(lambda kind=kind: kernel(apply_fn, params, x_tr, kind=kind, **opts))
+        approx, t_a, _ = _timed(lambda kind=kind: kfn(kind)(params, x_tr, **kw))
         s[f"relative_frobenius_error_{kind}"] = relative_frobenius_error(entk_tt, approx)
         s[f"time_{kind}_s"] = t_a
     return KernelResult(s, arrays)

@@ -118,13 +118,55 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def run_overhead_case(case: dict) -> dict:
+    """Per-call cost of ``ntk.kernel_fn`` (and of the one-shot ``ntk.kernel``) against the
+    same computation jitted by the caller, timed interleaved, warm, median of many calls."""
+    import jax
+
+    import ntk
+
+    apply_fn, params, shape = MODELS[case["model"]](case["width"], case["o"])
+    x = jax.random.normal(jax.random.key(1), (case["n"], *shape))
+    kind, impl = case["kind"], case["implementation"]
+    fn = ntk.kernel_fn(apply_fn, kind=kind, implementation=impl)
+    callers = {
+        "caller_jit": jax.jit(lambda p, a: fn(p, a)),
+        "kernel_fn": fn,
+        "kernel": lambda p, a: ntk.kernel(apply_fn, p, a, kind=kind, implementation=impl),
+    }
+    for call in callers.values():  # compile and warm up
+        for _ in range(3):
+            jax.block_until_ready(call(params, x))
+    times: dict = {name: [] for name in callers}
+    for _ in range(case.get("calls", 200)):
+        for name, call in callers.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call(params, x))
+            times[name].append(time.perf_counter() - t0)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    base = med["caller_jit"]
+    return {
+        **case,
+        **{f"{name}_s": t for name, t in med.items()},
+        "kernel_fn_ratio": med["kernel_fn"] / base,
+        "kernel_fn_extra_s": med["kernel_fn"] - base,
+        "kernel_ratio": med["kernel"] / base,
+        "goal": "kernel_fn <= 1.10 x caller_jit + 0.2 ms",
+        "meets_goal": med["kernel_fn"] <= 1.10 * base + 2e-4,
+        "platform": jax.devices()[0].platform,
+    }
+
+
 def run_case(case: dict) -> dict:
     """Times one ``(model, n, width, o, implementation, kind)`` in this process."""
     import jax
 
+    if case.get("section") == "overhead":
+        return run_overhead_case(case)
+
     import ntk
     from ntk.kernels import IMPLEMENTATIONS
-    from ntk.kernels.api import KINDS, _block, forward_flops
+    from ntk.kernels.api import KINDS, forward_flops
 
     apply_fn, params, shape = MODELS[case["model"]](case["width"], case["o"])
     x = jax.random.normal(jax.random.key(1), (case["n"], *shape))
@@ -132,10 +174,10 @@ def run_case(case: dict) -> dict:
     jax.block_until_ready((params, x))
     rss0 = _rss_bytes()
 
+    fn = ntk.kernel_fn(apply_fn, kind=kind, implementation=impl)
+
     def call():
-        return jax.block_until_ready(
-            ntk.kernel(apply_fn, params, x, kind=kind, implementation=impl)
-        )
+        return jax.block_until_ready(fn(params, x))
 
     t0 = time.perf_counter()
     call()
@@ -153,7 +195,7 @@ def run_case(case: dict) -> dict:
     name = impl
     if impl == "auto":
         name = ntk.choose_implementation(apply_fn, params, x, None, proj.shape[0], spec.diag)
-    compiled = _block.lower(apply_fn, name, spec.diag, params, x, None, proj).compile()
+    compiled = fn.lower(params, x).compile()
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     n_params = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(params)))
@@ -268,6 +310,19 @@ def suite_cases(quick: bool = False) -> list[dict]:
                     kind=kind,
                 )
             )
+    for impl in ("structured", "auto"):  # the anchor MLP pNTK, float32
+        cases.append(
+            dict(
+                section="overhead",
+                model="mlp",
+                n=64,
+                width=512,
+                o=10,
+                implementation=impl,
+                kind="pntk",
+                calls=50 if quick else 200,
+            )
+        )
     if quick:
         return cases
     for impl in ("jacobian", "ntk_vp", "structured"):
@@ -404,6 +459,25 @@ def markdown(result: dict) -> str:
             f"| {r['peak_rss_bytes'] / 2**30:.2f} GiB | {r['xla_temp_bytes'] / 2**20:.0f} MiB "
             f"| {speedup} |"
         )
+    over = [r for r in result["rows"] if r.get("section") == "overhead" and "kernel_fn_s" in r]
+    if over:
+        lines += [
+            "",
+            "Per-call overhead of the API: `ntk.kernel_fn` and the one-shot `ntk.kernel` against "
+            "the same kernel inside the caller's `jax.jit` (interleaved, warm, median of "
+            f"{over[0]['calls']} calls; goal: kernel_fn ≤ 1.10 × caller jit + 0.2 ms):",
+            "",
+            "| model | N | kind | implementation | caller jit | kernel_fn | ratio | extra "
+            "| ntk.kernel | meets goal |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in over:
+            lines.append(
+                f"| {r['model']} | {r['n']} | {r['kind']} | {r['implementation']} "
+                f"| {_fmt_s(r['caller_jit_s'])} | {_fmt_s(r['kernel_fn_s'])} "
+                f"| {r['kernel_fn_ratio']:.3f} | {r['kernel_fn_extra_s'] * 1e3:.3f} ms "
+                f"| {_fmt_s(r['kernel_s'])} | {'yes' if r['meets_goal'] else 'no'} |"
+            )
     if result.get("slopes"):
         lines += [
             "",

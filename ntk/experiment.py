@@ -21,19 +21,25 @@ SAVED_ARRAYS = ("eig_entk", "eig_pntk_kron_i", "y_train", "y_test")
 KERNEL_ARRAYS = ("entk", "pntk")
 
 
-def kernels_at(
-    apply_fn, params, evalset: EvalSet, kcfg: Mapping[str, Any], out_dir: Path, epoch: int
-) -> dict:
-    """Kernel metrics for one checkpoint; saves spectra (and kernels if asked) as ``.npz``."""
-    res = kernel_metrics(
-        apply_fn,
-        params,
-        evalset,
+def _kernel_options(kcfg: Mapping[str, Any]) -> dict:
+    return dict(
         ridges=tuple(float(r) for r in kcfg["ridges"]),
         implementation=kcfg["implementation"],
         approximations=tuple(kcfg.get("approximations") or ()),
         batch_size=kcfg.get("batch_size"),
     )
+
+
+def kernels_at(
+    model, variables, evalset: EvalSet, kcfg: Mapping[str, Any], out_dir: Path, epoch: int
+) -> dict:
+    """Kernel metrics for one checkpoint of ``model`` (a Linen module and its variables);
+    saves spectra (and kernels if asked) as ``.npz``. Every checkpoint of a model shares one
+    compiled kernel computation."""
+    from ntk.models import kernel_model
+
+    apply_fn, params, state = kernel_model(model, variables)
+    res = kernel_metrics(apply_fn, params, evalset, apply_kwargs=state, **_kernel_options(kcfg))
     keys = SAVED_ARRAYS + (KERNEL_ARRAYS if kcfg.get("save_kernels") else ())
     if epoch == 0:  # the heatmaps of the report need one kernel pair per run
         keys = keys + KERNEL_ARRAYS
@@ -52,8 +58,11 @@ def kernel_callback(kcfg: Mapping[str, Any], logger):
     def callback(event) -> dict:
         if "evalset" not in cache:
             cache["evalset"] = eval_set_for(event.dataset, kcfg, int(kcfg["seed"]))
+        variables = {"params": event.params}
+        if event.state.batch_stats:
+            variables["batch_stats"] = event.state.batch_stats
         scalars = kernels_at(
-            event.apply_fn, event.params, cache["evalset"], kcfg, event.out_dir, event.epoch
+            event.model, variables, cache["evalset"], kcfg, event.out_dir, event.epoch
         )
         logger.log({**event.metrics, **scalars}, step=event.step)
         log.info(
@@ -118,6 +127,7 @@ def recompute(run_dir: str | Path, kcfg: Mapping[str, Any] | None = None) -> lis
     during training. Returns one record per checkpoint (epoch, step and the scalars).
     """
     from ntk.checkpoint import iter_checkpoints, load_config
+    from ntk.models import kernel_model
     from ntk.training import _load_data, resolve_config
 
     cfg = resolve_config(load_config(run_dir))
@@ -127,14 +137,16 @@ def recompute(run_dir: str | Path, kcfg: Mapping[str, Any] | None = None) -> lis
     evalset = eval_set_for(_load_data(cfg), kcfg, int(kcfg["seed"]))
     out = []
     for ck in iter_checkpoints(run_dir):
+        apply_fn, params, state = kernel_model(ck.model, _variables_of(ck))
         scalars = kernel_metrics(
-            ck.apply_fn,
-            ck.params,
-            evalset,
-            ridges=tuple(float(r) for r in kcfg["ridges"]),
-            implementation=kcfg["implementation"],
-            approximations=tuple(kcfg.get("approximations") or ()),
-            batch_size=kcfg.get("batch_size"),
+            apply_fn, params, evalset, apply_kwargs=state, **_kernel_options(kcfg)
         ).scalars
         out.append({"epoch": ck.epoch, "step": ck.step, **scalars})
     return out
+
+
+def _variables_of(ck) -> dict:
+    variables = {"params": ck.params}
+    if ck.batch_stats:
+        variables["batch_stats"] = ck.batch_stats
+    return variables

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk.kernels import _checks
-from ntk.kernels.api import _pad_rows
+from ntk.kernels.api import forward_mode_error, prepare
 from ntk.kernels.implementations import per_example_jacobian
+from ntk.kernels.model import pad_rows
 
 _KINDS = ("entk", "pntk")
 
@@ -56,7 +57,7 @@ def _chunks(x, b, pad_zeros=False):
     if pad_zeros:
         x = jnp.concatenate([x, jnp.zeros((c * b - n, *x.shape[1:]), x.dtype)], axis=0)
     else:
-        x = _pad_rows(x, c * b)
+        x = pad_rows(x, c * b)
     return x.reshape(c, b, *x.shape[1:])
 
 
@@ -89,11 +90,14 @@ def _jjt(apply_fn, kind, batch_size, params, x_out, x_in, v_NK):
 def _check_common(apply_fn, params, x, batch_size, kind="entk"):
     _checks.check_choice("kind", kind, dict.fromkeys(_KINDS))
     _checks.check_batch_size(batch_size)
-    _checks.check_params(params)
-    _checks.check_inputs(x, None)
-    o = _checks.output_dim(apply_fn, params, x)
-    dtype = jax.eval_shape(apply_fn, params, x[:1]).dtype
-    return o, dtype
+    prep = prepare(apply_fn, params, x, None, kind=kind, implementation="jacobian", kind_options={})
+    if (why := forward_mode_error(apply_fn, params, x)) is not None:
+        raise TypeError(
+            f"apply_fn: kernel-vector products use forward-mode autodiff (jax.jvp), which "
+            f"fails: {why}. Compute the kernel with ntk.kernel(..., implementation="
+            "'jacobian' or 'structured') instead."
+        )
+    return prep.o, prep.dtype
 
 
 def _operator(apply_fn, params, x_out, x_in, kind, batch_size, o, dtype):
@@ -215,9 +219,9 @@ def kernel_diagonal(
 
 
 def extreme_eigenvalues(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
-    params: Any,
-    x: jax.Array,
+    apply_fn: Callable[[Any, jax.Array], jax.Array] | Any,
+    params: Any = None,
+    x: jax.Array | None = None,
     *,
     kind: str = "entk",
     k: int = 1,
@@ -233,6 +237,12 @@ def extreme_eigenvalues(
     λ_max converges in a few tens of matvecs; λ_min needs more when the smallest eigenvalues
     are clustered (ill-conditioned kernels), and ARPACK raises if it runs out of iterations.
 
+    ``apply_fn`` may instead be a stored kernel (:func:`ntk.open_kernel`), with ``params``
+    and ``x`` left out: a square ``[N, N]`` kernel is the ``N × N`` operator, an
+    ``[N, N, O, O]`` eNTK the ``NO × NO`` one; each matvec streams the store once, one block
+    in memory (the upper triangle only, for a symmetric store), so kernels larger than
+    memory work. ``kind`` and ``batch_size`` are then unused.
+
     Args:
       apply_fn, params, x, batch_size: as for :func:`entk_matvec`.
       kind: ``"entk"`` or ``"pntk"``.
@@ -245,23 +255,64 @@ def extreme_eigenvalues(
       ``dict(lambda_max=float, lambda_min=float, largest=[k] descending, smallest=[k]
       ascending, n_matvecs=int)``.
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
+    if _is_stored(apply_fn):
+        return _stored_eigenvalues(apply_fn, params, x, k=k, tol=tol, maxiter=maxiter, seed=seed)
     o, dtype = _check_common(apply_fn, params, x, batch_size, kind)
     n = int(x.shape[0])
     shape_v = (n, o) if kind == "entk" else (n,)
     dim = math.prod(shape_v)
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 < k < dim:
-        raise ValueError(f"k: must be an int in [1, {dim}) for a {dim}×{dim} operator, got {k!r}")
+    _check_k(k, dim)
     mv = _operator(apply_fn, params, x, x, kind, batch_size, o, dtype)
-    calls = [0]
 
     def host_mv(v):
-        calls[0] += 1
         out = mv(jnp.asarray(np.reshape(v, shape_v), dtype))
         return np.asarray(out, np.float64).reshape(np.shape(v))
 
-    op = LinearOperator((dim, dim), matvec=host_mv, dtype=np.float64)
+    return _lanczos(host_mv, dim, k=k, tol=tol, maxiter=maxiter, seed=seed)
+
+
+def _check_k(k: Any, dim: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 < k < dim:
+        raise ValueError(f"k: must be an int in [1, {dim}) for a {dim}×{dim} operator, got {k!r}")
+
+
+def _is_stored(obj: Any) -> bool:
+    """A stored kernel (:class:`ntk.store.StoredKernel`), told apart without importing it."""
+    return not callable(obj) and hasattr(obj, "matvec") and hasattr(obj, "block_size")
+
+
+def _stored_eigenvalues(kernel, params, x, *, k, tol, maxiter, seed) -> dict[str, Any]:
+    if params is not None or x is not None:
+        raise TypeError("params, x: leave them out when the kernel is a stored kernel")
+    shape = tuple(kernel.shape)
+    if len(shape) == 2 and shape[0] == shape[1]:
+        shape_v = (shape[0],)
+    elif len(shape) == 4 and shape[0] == shape[1] and shape[2] == shape[3]:
+        shape_v = (shape[0], shape[2])
+    else:
+        raise ValueError(
+            f"apply_fn: a stored kernel must be square [N, N] or [N, N, O, O], got {shape}"
+        )
+    dim = math.prod(shape_v)
+    _check_k(k, dim)
+
+    def host_mv(v):
+        return kernel.matvec(np.reshape(v, shape_v)).reshape(np.shape(v))
+
+    return _lanczos(host_mv, dim, k=k, tol=tol, maxiter=maxiter, seed=seed)
+
+
+def _lanczos(host_mv, dim: int, *, k, tol, maxiter, seed) -> dict[str, Any]:
+    """Both ends of the spectrum of a symmetric float64 host operator by ARPACK."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    calls = [0]
+
+    def counted(v):
+        calls[0] += 1
+        return host_mv(v)
+
+    op = LinearOperator((dim, dim), matvec=counted, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)
     result = {}
     for which, name in (("LA", "largest"), ("SA", "smallest")):

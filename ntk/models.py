@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -50,7 +51,9 @@ __all__ = [
     "ResNet18",
     "build_model",
     "init_model",
+    "eval_apply_fn",
     "kernel_apply_fn",
+    "kernel_model",
     "param_count",
 ]
 
@@ -441,6 +444,26 @@ def kernel_apply_fn(model: nn.Module, variables: dict) -> tuple[Callable, Any]:
     """``(apply_fn, params)`` for kernels: ``apply_fn(params, x_NX) -> [N, O]`` in eval mode
     (``train=False``; ``batch_stats`` held fixed), via :func:`ntk.adapters.from_linen`."""
     return from_linen(model, variables, train=False)
+
+
+@functools.lru_cache(maxsize=32)
+def eval_apply_fn(model: nn.Module) -> Callable:
+    """``apply_fn(params, x_NX, **collections) -> [N, O]`` in eval mode, one function per
+    model: kernels of every checkpoint of a run share its compiled computations, with the
+    checkpoint's non-parameter collections (``batch_stats``) passed as keywords."""
+
+    def apply_fn(params, x_NX, **collections):
+        return model.apply({"params": params, **collections}, x_NX, train=False)
+
+    return apply_fn
+
+
+def kernel_model(model: nn.Module, variables: dict) -> tuple[Callable, Any, dict]:
+    """``(apply_fn, params, apply_kwargs)``: :func:`eval_apply_fn` and this checkpoint's
+    parameters and other collections, for ``ntk.kernel_fn(apply_fn)(params, x,
+    **apply_kwargs)``."""
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    return eval_apply_fn(model), variables["params"], rest
 
 
 def param_count(params: Any) -> int:

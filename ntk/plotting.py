@@ -159,23 +159,36 @@ def regression_vs_width(rows, ridges: Sequence[float], path) -> str:
 
 
 def cost_vs_width(rows, path) -> str:
-    """Wall time and peak memory of the eNTK vs the pNTK (at init) against width."""
+    """Warm wall time and compiled memory of the eNTK vs the pNTK (at init) against width."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for m, (ws, mu, _) in by_width(rows, "time_entk_s").items():
-        line = axes[0].plot(ws, mu, marker="o", label=f"{m} eNTK")[0]
-        ws_p, mu_p, _ = by_width(rows, "time_pntk_s", model=m).get(m, ([], [], []))
-        axes[0].plot(ws_p, mu_p, marker="s", ls="--", color=line.get_color(), label=f"{m} pNTK")
-    for m, (ws, mu, _) in by_width(rows, "peak_rss_mb_entk").items():
-        axes[1].plot(ws, mu, marker="o", label=f"{m} (process peak RSS)")
+    panels = (("time_{}_s", 1.0), ("kernel_bytes_{}", 2.0**-20))
+    for ax, (key, scale) in zip(axes, panels, strict=True):
+        for m, (ws, mu, _) in by_width(rows, key.format("entk")).items():
+            line = ax.plot(ws, np.asarray(mu) * scale, marker="o", label=f"{m} eNTK")[0]
+            ws_p, mu_p, _ = by_width(rows, key.format("pntk"), model=m).get(m, ([], [], []))
+            ax.plot(
+                ws_p,
+                np.asarray(mu_p) * scale,
+                marker="s",
+                ls="--",
+                color=line.get_color(),
+                label=f"{m} pNTK",
+            )
     axes[0].set(
         xscale="log",
         yscale="log",
         xlabel="width",
         ylabel="seconds",
-        title="kernel time (first call, incl. compile)",
+        title="kernel time (warm call, compile excluded)",
     )
-    axes[1].set(xscale="log", xlabel="width", ylabel="MB", title="peak memory")
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="width",
+        ylabel="MiB",
+        title="memory of the compiled kernel (XLA temporaries + output)",
+    )
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

@@ -30,7 +30,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ntk.kernels import _checks
-from ntk.kernels.api import KINDS, _block, _pad_rows, _resolve, choose_implementation
+from ntk.kernels.api import KINDS, block, prepare
+from ntk.kernels.model import Model, batch_len, fn_key, from_key, pad_rows, take
 
 AXIS = "rows"
 
@@ -53,9 +54,12 @@ def _place(x: Any, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def _rows_fn(apply_fn, impl_name, diag, mesh):
+@functools.lru_cache(maxsize=64)
+def _rows_fn(fn, impl_name, diag, mesh):
+    model = Model(from_key(fn))
+
     def local(params, x1_local, x2, proj_KO):
-        return _block(apply_fn, impl_name, diag, params, x1_local, x2, proj_KO)
+        return block(model, impl_name, diag, params, x1_local, x2, proj_KO)
 
     mapped = jax.shard_map(
         local,
@@ -65,9 +69,6 @@ def _rows_fn(apply_fn, impl_name, diag, mesh):
         check_vma=False,
     )
     return jax.jit(mapped)
-
-
-_rows_fn_cached = functools.lru_cache(maxsize=64)(_rows_fn)
 
 
 def _symmetrize_fn(diag, mesh):
@@ -111,38 +112,35 @@ def sharded_kernel(
       not fully addressable; gather it with
       ``jax.experimental.multihost_utils.process_allgather`` if one host needs all of it.
     """
-    _checks.check_choice("kind", kind, KINDS)
-    impl = _resolve(implementation)
-    _checks.check_params(params)
     _checks.check_inputs(x1, x2)
-    o = _checks.output_dim(apply_fn, params, x1)
     mesh = make_mesh(devices)
-    spec = KINDS[kind]
-    dtype = jax.eval_shape(apply_fn, params, x1[:1]).dtype
-    proj_KO = spec.projection(o, dtype, **kind_options)
     n_dev = mesh.devices.size
-    n1 = int(x1.shape[0])
+    n1 = batch_len(x1)
     n1_pad = math.ceil(n1 / n_dev) * n_dev
-    x1_pad = _pad_rows(jnp.asarray(x1), n1_pad)
-    if impl is None:
-        local = x1_pad[: n1_pad // n_dev]
-        xb = x1_pad if x2 is None else x2
-        implementation = choose_implementation(
-            apply_fn, params, local, xb, proj_KO.shape[0], spec.diag
-        )
+    x1_pad = pad_rows(jax.tree_util.tree_map(jnp.asarray, x1), n1_pad)
+    local = take(x1_pad, 0, n1_pad // n_dev)
+    xb = x1_pad if x2 is None else x2
+    # The per-device block decides the implementation: rows n1_pad / n_dev against all of xb.
+    prep = prepare(
+        apply_fn,
+        params,
+        local,
+        xb,
+        kind=kind,
+        implementation=implementation,
+        kind_options=kind_options,
+    )
+    spec = KINDS[kind]
+    proj_KO = prep.proj_KO
     rows = NamedSharding(mesh, P(AXIS))
     replicated = NamedSharding(mesh, P())
-    x1_s = _place(x1_pad, rows)
+    x1_s = jax.tree_util.tree_map(lambda a: _place(a, rows), x1_pad)
     # Symmetric case: every device needs all of x1 as its columns (padded, so the padded
     # kernel is square and symmetrises with the same row sharding).
-    xb_s = _place(x1_pad if x2 is None else x2, replicated)
+    xb_s = jax.tree_util.tree_map(lambda a: _place(a, replicated), xb)
     params_s = jax.tree_util.tree_map(lambda a: _place(a, replicated), params)
     proj_s = _place(proj_KO, replicated)
-    key = (apply_fn, implementation, spec.diag, mesh)
-    try:
-        rows_fn = _rows_fn_cached(*key)
-    except TypeError:  # unhashable apply_fn
-        rows_fn = _rows_fn(*key)
+    rows_fn = _rows_fn(fn_key(apply_fn), prep.implementation, spec.diag, mesh)
     k = rows_fn(params_s, x1_s, xb_s, proj_s)
     if x2 is None:
         k = _symmetrize_cached(spec.diag, mesh)(k)

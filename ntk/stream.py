@@ -34,7 +34,8 @@ import jax
 import numpy as np
 
 from ntk.kernels import _checks
-from ntk.kernels.api import KINDS, _pad_rows, _resolve, choose_implementation, kernel
+from ntk.kernels.api import KINDS, _resolve, kernel, prepare
+from ntk.kernels.model import pad_rows as _pad_rows
 
 FORMAT = "ntk.stream/1"
 KERNEL_FILE = "kernel.npy"
@@ -311,10 +312,15 @@ def stream_kernel(
     _checks.check_choice("kind", kind, KINDS)
     _resolve(implementation)
     _check_block_size(block_size)
-    _checks.check_params(params)
-    _checks.check_inputs(x1, x2)
-    o = _checks.output_dim(apply_fn, params, x1)
-    spec = KINDS[kind]
+    prepare(  # the shared checks; "auto" is resolved below, on one block's shapes
+        apply_fn,
+        params,
+        x1,
+        x2,
+        kind=kind,
+        implementation="jacobian" if implementation == "auto" else implementation,
+        kind_options=kind_options,
+    )
     symmetric = x2 is None
     xb = x1 if symmetric else x2
     n1, n2 = int(x1.shape[0]), int(xb.shape[0])
@@ -349,12 +355,18 @@ def stream_kernel(
                     "to overwrite. Use another out_dir or delete these files."
                 )
             name = implementation
-            if implementation == "auto":
-                dtype = jax.eval_shape(apply_fn, params, x1[:1]).dtype
-                k = spec.projection(o, dtype, **kind_options).shape[0]
+            if implementation == "auto":  # decided on one block's shapes
                 a = _pad_rows(x1[:b1], b1)
                 b = None if symmetric else _pad_rows(xb[:b2], b2)
-                name = choose_implementation(apply_fn, params, a, b, k, spec.diag)
+                name = prepare(
+                    apply_fn,
+                    params,
+                    a,
+                    b,
+                    kind=kind,
+                    implementation=implementation,
+                    kind_options=kind_options,
+                ).implementation
             wanted[_INFO] = {"resolved_implementation": name, "jax_version": jax.__version__}
             _write_json_atomic(meta_path, wanted)
 

@@ -165,3 +165,34 @@ def test_submitit_local_sweep(tmp_path):
     subprocess.run(cmd, check=True, cwd=tmp_path, env=env, capture_output=True, timeout=600)
     runs = sorted(p.parent.name for p in tmp_path.rglob("metrics.jsonl"))
     assert runs == ["mlp_w16_s0", "mlp_w8_s0"]
+
+
+def test_kernels_at_checkpoints_compile_once(tmp_path):
+    """The study's kernels at several checkpoints of one BatchNorm model: after the first
+    checkpoint, no backend compile at all (counted with jax.monitoring)."""
+    import jax
+    from _compiles import count_backend_compiles
+
+    from ntk.analysis import EvalSet
+    from ntk.models import build_model, init_model
+
+    model = build_model("cnn", num_classes=3, width=4, depth=1, norm="batchnorm")
+    variables = init_model(model, jax.random.key(0), (6, 6, 1))
+    r = np.random.default_rng(0)
+    evalset = EvalSet(
+        r.normal(size=(6, 6, 6, 1)).astype(np.float32),
+        np.arange(6) % 3,
+        r.normal(size=(3, 6, 6, 1)).astype(np.float32),
+        np.arange(3) % 3,
+        3,
+    )
+    kcfg = {"ridges": [0.0, 0.1], "implementation": "auto", "batch_size": None}
+    counts = []
+    for c in range(3):
+        moved = jax.tree_util.tree_map(lambda a, c=c: a * (1.0 + 0.2 * c), variables)
+        with count_backend_compiles() as n:
+            scalars = experiment.kernels_at(model, moved, evalset, kcfg, tmp_path, epoch=c + 1)
+        counts.append(n[0])
+        assert np.isfinite(scalars["relative_frobenius_error"])
+        assert scalars["kernel_bytes_entk"] > scalars["kernel_bytes_pntk"] > 0
+    assert counts[0] > 0 and counts[1:] == [0, 0], counts

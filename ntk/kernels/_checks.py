@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -55,67 +54,54 @@ def check_params(params: Any) -> None:
                 )
 
 
-def check_inputs(x1: Any, x2: Any) -> None:
-    """x1 (and x2 when given) are non-empty arrays with matching per-example shapes."""
-    for name, x in (("x1", x1), ("x2", x2)):
-        if x is None:
-            continue
-        if not hasattr(x, "shape") or len(x.shape) < 1:
+def describe(x: Any) -> str:
+    """Shapes of an input pytree, for error messages."""
+    leaves = jax.tree_util.tree_leaves_with_path(x)
+    if len(leaves) == 1 and not leaves[0][0]:
+        return f"shape {tuple(np.shape(leaves[0][1]))}"
+    return ", ".join(f"{_path_str(p)}: {tuple(np.shape(a))}" for p, a in leaves)
+
+
+def _check_one_input(name: str, x: Any) -> int:
+    leaves = jax.tree_util.tree_leaves_with_path(x)
+    if not leaves:
+        raise ValueError(f"{name}: expected an array [batch, ...] or a pytree of them, got {x!r}")
+    sizes = set()
+    for path, leaf in leaves:
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if not hasattr(leaf, "shape") or len(leaf.shape) < 1:
             raise ValueError(
-                f"{name}: expected an array [batch, ...], got {type(x).__name__} "
-                f"with shape {getattr(x, 'shape', None)}"
+                f"{where}: expected an array [batch, ...], got {type(leaf).__name__} "
+                f"with shape {getattr(leaf, 'shape', None)}"
             )
-        if x.shape[0] == 0:
-            raise ValueError(f"{name}: empty batch, shape {tuple(x.shape)}")
-        if not is_traced(x) and jnp.issubdtype(x.dtype, jnp.inexact):
-            if not bool(jnp.all(jnp.isfinite(x))):
-                raise ValueError(f"{name}: contains NaN or Inf (shape {tuple(x.shape)})")
-    if x2 is not None and tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
+        if leaf.shape[0] == 0:
+            raise ValueError(f"{where}: empty batch, shape {tuple(leaf.shape)}")
+        sizes.add(int(leaf.shape[0]))
+        if not is_traced(leaf) and jnp.issubdtype(leaf.dtype, jnp.inexact):
+            if not bool(jnp.all(jnp.isfinite(leaf))):
+                raise ValueError(f"{where}: contains NaN or Inf (shape {tuple(leaf.shape)})")
+    if len(sizes) > 1:
+        raise ValueError(f"{name}: leaves must share the leading batch axis; got {describe(x)}")
+    return sizes.pop()
+
+
+def check_inputs(x1: Any, x2: Any) -> None:
+    """x1 (and x2 when given): non-empty arrays, or pytrees of arrays sharing the leading
+    batch axis, with matching per-example structure and shapes."""
+    _check_one_input("x1", x1)
+    if x2 is None:
+        return
+    _check_one_input("x2", x2)
+    l1, t1 = jax.tree_util.tree_flatten(x1)
+    l2, t2 = jax.tree_util.tree_flatten(x2)
+    same = t1 == t2 and all(
+        tuple(a.shape[1:]) == tuple(b.shape[1:]) for a, b in zip(l1, l2, strict=True)
+    )
+    if not same:
         raise ValueError(
-            f"x1 and x2: per-example shapes differ: x1 {tuple(x1.shape)} vs x2 "
-            f"{tuple(x2.shape)} (only the batch dimension may differ)"
+            f"x1 and x2: per-example shapes differ: x1 {describe(x1)} vs x2 {describe(x2)} "
+            "(only the batch dimension may differ)"
         )
-
-
-def _spec(tree: Any):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((tuple(np.shape(x)), str(jnp.result_type(x))) for x in leaves)
-
-
-@functools.lru_cache(maxsize=256)
-def _output_shape(apply_fn, params_spec, x_spec):
-    treedef, leaves = params_spec
-    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-    x = jax.ShapeDtypeStruct(*x_spec)
-    return jax.eval_shape(apply_fn, params, x)
-
-
-def output_dim(apply_fn, params: Any, x: Any) -> int:
-    """Checks ``apply_fn(params, x) -> [batch, O]`` (shapes only, no FLOPs) and returns O."""
-    return output_spec(apply_fn, params, x)[0]
-
-
-def output_spec(apply_fn, params: Any, x: Any) -> tuple[int, Any]:
-    """Checks ``apply_fn(params, x) -> [batch, O]`` (shapes only, cached) -> ``(O, dtype)``."""
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
-    x_spec = (tuple(x.shape), str(x.dtype))
-    try:
-        out = _output_shape(apply_fn, _spec(params), x_spec)
-    except TypeError:  # unhashable apply_fn (e.g. a functools.partial of an array)
-        out = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    shape = getattr(out, "shape", None)
-    if shape is None or len(shape) != 2 or shape[0] != x.shape[0]:
-        raise ValueError(
-            f"apply_fn: must return an array [batch, O]; on x of shape {tuple(x.shape)} it "
-            f"returned {shape if shape is not None else type(out).__name__}. Wrap it so that "
-            "it returns one row of outputs per example."
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"apply_fn: output dtype must be floating, got {out.dtype}")
-    if shape[1] == 0:
-        raise ValueError(f"apply_fn: output has O=0 logits (shape {shape})")
-    return int(shape[1]), out.dtype
 
 
 def check_choice(name: str, value: Any, registry) -> None:

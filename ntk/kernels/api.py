@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +39,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from ntk.kernels import _checks
-from ntk.kernels.implementations import IMPLEMENTATIONS, jaxpr_flops
+from ntk.kernels.implementations import IMPLEMENTATIONS, jaxpr_cost, sub_jaxprs
+from ntk.kernels.model import (
+    Model,
+    Signature,
+    as_model,
+    batch_len,
+    fn_key,
+    pad_rows,
+    split_kwargs,
+    take,
+    tree_spec,
+)
 
 
 @dataclass(frozen=True)
@@ -52,23 +63,24 @@ class Kind:
     diag: bool
     reduce: Callable[[jax.Array], jax.Array]
     doc: str
+    options: tuple[str, ...] = ()  # keyword options of the projection
 
 
-def _identity_proj(o, dtype, **_):
+def _identity_proj(o, dtype):
     return jnp.eye(o, dtype=dtype)
 
 
-def _sum_proj(o, dtype, **_):
+def _sum_proj(o, dtype):
     return jnp.full((1, o), 1.0 / math.sqrt(o), dtype=dtype)
 
 
-def _logit_proj(o, dtype, *, logit=0, **_):
+def _logit_proj(o, dtype, *, logit=0):
     if isinstance(logit, bool) or not isinstance(logit, int | np.integer) or not 0 <= logit < o:
         raise ValueError(f"logit: must be an int in [0, {o}), got {logit!r}")
     return jax.nn.one_hot(jnp.array([logit]), o, dtype=dtype)
 
 
-def _random_proj(o, dtype, *, key=None, n_projections=1, **_):
+def _random_proj(o, dtype, *, key=None, n_projections=1):
     if key is None:
         raise ValueError("key: the random_projection kernel needs a PRNG key (jax.random.key)")
     if isinstance(n_projections, bool) or not isinstance(n_projections, int | np.integer):
@@ -95,9 +107,13 @@ KINDS: dict[str, Kind] = {
     "pntk": Kind(_sum_proj, True, _squeeze_last, "sum-of-logits pNTK, (1/O)·block sum [N1, N2]"),
     "trace": Kind(_identity_proj, True, _mean_last, "mean of the block diagonal [N1, N2]"),
     "diagonal": Kind(_identity_proj, True, _keep, "diagonal of each block [N1, N2, O]"),
-    "single_logit": Kind(_logit_proj, True, _squeeze_last, "NTK of one logit [N1, N2]"),
+    "single_logit": Kind(_logit_proj, True, _squeeze_last, "NTK of one logit [N1, N2]", ("logit",)),
     "random_projection": Kind(
-        _random_proj, True, _mean_last, "mean NTK of k random logit combinations [N1, N2]"
+        _random_proj,
+        True,
+        _mean_last,
+        "mean NTK of k random logit combinations [N1, N2]",
+        ("key", "n_projections"),
     ),
 }
 
@@ -109,13 +125,17 @@ def _resolve(name):
     return IMPLEMENTATIONS[name]
 
 
-def _sub_jaxprs(eqn):
-    for v in eqn.params.values():
-        for item in v if isinstance(v, (list, tuple)) else (v,):
-            if isinstance(item, ClosedJaxpr):
-                yield item.jaxpr
-            elif isinstance(item, Jaxpr):
-                yield item
+def _check_kind_options(kind: str, options: dict) -> None:
+    allowed = KINDS[kind].options
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"kind_options: {unknown} are not options of kind={kind!r}; "
+            f"it takes {list(allowed) or 'none'}"
+        )
+
+
+# --- facts about the model, from one abstract trace per signature ---------------------------
 
 
 def _custom_vjp_in(jaxpr) -> bool:
@@ -125,99 +145,187 @@ def _custom_vjp_in(jaxpr) -> bool:
         name = eqn.primitive.name
         if name.startswith("custom_vjp"):
             return True
-        if not name.startswith("custom_jvp") and any(map(_custom_vjp_in, _sub_jaxprs(eqn))):
+        if not name.startswith("custom_jvp") and any(map(_custom_vjp_in, sub_jaxprs(eqn))):
             return True
     return False
 
 
+@dataclass(frozen=True)
+class Facts:
+    """One example's forward pass: FLOPs (a lower bound when not ``exact``), custom_vjp."""
+
+    flops: float
+    exact: bool
+    custom_vjp: bool
+
+
 @functools.lru_cache(maxsize=256)
-def _forward_facts_cached(apply_fn, params_spec, x_spec) -> tuple[float, bool]:
-    """(FLOPs of one per-example forward pass, whether it calls a custom_vjp function)."""
-    treedef, leaves = params_spec
-    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-    x = jax.ShapeDtypeStruct((1, *x_spec[0][1:]), x_spec[1])
-    jaxpr = jax.make_jaxpr(apply_fn)(params, x).jaxpr
-    p = sum(math.prod(s) for s, _ in leaves)
-    return max(jaxpr_flops(jaxpr), 2.0 * p), _custom_vjp_in(jaxpr)
+def _facts(sig: Signature) -> Facts:
+    params, x, dynamic = sig.abstract_args()
+    closed = jax.make_jaxpr(lambda p, a, d: sig.model(d)(p, a))(params, x, dynamic)
+    flops, exact = jaxpr_cost(closed.jaxpr)
+    p = sum(math.prod(s) for s, _ in sig.params[1])
+    return Facts(max(flops, 2.0 * p), exact, _custom_vjp_in(closed.jaxpr))
 
 
-def _forward_facts(apply_fn, params, x) -> tuple[float, bool]:
-    args = (apply_fn, _checks._spec(params), (tuple(x.shape), str(x.dtype)))
-    try:
-        return _forward_facts_cached(*args)
-    except TypeError:  # unhashable apply_fn
-        return _forward_facts_cached.__wrapped__(*args)
+def model_facts(apply_fn, params, x) -> Facts:
+    """:class:`Facts` of ``apply_fn`` (or a :class:`Model`) at these shapes; cached."""
+    return _facts(Signature.of(as_model(apply_fn), params, x).per_example())
 
 
 def forward_flops(apply_fn, params, x) -> float:
     """Estimated FLOPs of one per-example forward pass (counted on its jaxpr, at least 2P)."""
-    return _forward_facts(apply_fn, params, x)[0]
+    return model_facts(apply_fn, params, x).flops
 
 
 def forward_mode_error(apply_fn, params, x) -> str | None:
     """Why ``jax.jvp`` cannot go through ``apply_fn``, or None if it can."""
-    if _forward_facts(apply_fn, params, x)[1]:
+    if model_facts(apply_fn, params, x).custom_vjp:
         return "apply_fn calls a jax.custom_vjp function, which has no jvp rule"
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _output_struct(sig: Signature):
+    params, x, dynamic = sig.abstract_args()
+    return jax.eval_shape(lambda p, a, d: sig.model(d)(p, a), params, x, dynamic)
+
+
+def output_spec(apply_fn, params, x) -> tuple[int, Any]:
+    """Checks ``apply_fn(params, x) -> [batch, O]`` (shapes only, cached) -> ``(O, dtype)``."""
+    model = as_model(apply_fn)
+    if not callable(model.apply_fn):
+        raise TypeError(f"apply_fn: expected a callable, got {type(model.apply_fn).__name__}")
+    out = _output_struct(Signature.of(model, params, x))
+    n = batch_len(x)
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != n:
+        got = shape if shape is not None else type(out).__name__
+        raise ValueError(
+            f"apply_fn: must return an array [batch, O]; on x with batch {n} "
+            f"({_checks.describe(x)}) it returned {got}. Wrap it so that it returns one row "
+            "of outputs per example."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"apply_fn: output dtype must be floating, got {out.dtype}")
+    if shape[1] == 0:
+        raise ValueError(f"apply_fn: output has O=0 logits (shape {shape})")
+    return int(shape[1]), out.dtype
+
+
+_WARNED: set = set()
+
+
+def warn_once(key: Any, message: str) -> None:
+    """``warnings.warn(message)`` the first time ``key`` is seen in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def choose_implementation(apply_fn, params, x1, x2, k: int, diag: bool) -> str:
     """Name of the registered implementation with the lowest estimated FLOP count.
 
-    Forward-mode implementations are skipped when ``jax.jvp`` cannot trace ``apply_fn``.
+    Forward-mode implementations are skipped when ``jax.jvp`` cannot trace ``apply_fn``;
+    implementations whose cost multiplies the forward pass by N1·N2 are skipped when the
+    forward pass's FLOPs are only a lower bound (a ``while`` loop).
     """
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
+    model = as_model(apply_fn)
+    n1 = batch_len(x1)
+    n2 = n1 if x2 is None else batch_len(x2)
     p = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
-    fp = forward_flops(apply_fn, params, x1)
-    ctx = dict(apply_fn=apply_fn, params=params, x1=x1, x2=x2)
+    facts = model_facts(model, params, x1)
+    ctx = dict(apply_fn=model, params=params, x1=x1, x2=x2)
     costs = {
-        name: impl.cost(n1=n1, n2=n2, k=k, p=p, fp=fp, diag=diag, **ctx)
+        name: impl.cost(n1=n1, n2=n2, k=k, p=p, fp=facts.flops, diag=diag, **ctx)
         for name, impl in IMPLEMENTATIONS.items()
     }
     for name in sorted(costs, key=costs.get):
-        if not IMPLEMENTATIONS[name].forward_mode:
-            return name
-        if forward_mode_error(apply_fn, params, x1) is None:
-            return name
+        impl = IMPLEMENTATIONS[name]
+        if impl.forward_mode and facts.custom_vjp:
+            continue
+        if impl.quadratic_in_forward and not facts.exact:
+            continue
+        return name
     raise AssertionError("unreachable: 'jacobian' needs reverse mode only")
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "impl_name", "diag"))
-def _block(apply_fn, impl_name, diag, params, x1, x2, proj_KO):
-    """One kernel block; ``x2=None`` is the symmetric case, made exactly symmetric."""
-    k = IMPLEMENTATIONS[impl_name].fn(apply_fn, params, x1, x2, proj_KO, diag)
+# --- the one preparation path ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a kernel call needs that depends on shapes only, decided once."""
+
+    implementation: str  # resolved name
+    kind: str
+    proj_KO: jax.Array
+    o: int
+    dtype: Any
+
+    @property
+    def diag(self) -> bool:
+        return KINDS[self.kind].diag
+
+
+def prepare(apply_fn, params, x1, x2=None, *, kind, implementation, kind_options) -> Prepared:
+    """Validates a kernel call and resolves its implementation: the checks and choices shared
+    by :func:`kernel_fn`, :func:`ntk.stream_kernel`, :func:`ntk.sharded_kernel` and
+    :mod:`ntk.implicit`. ``apply_fn`` may be a :class:`~ntk.kernels.model.Model`."""
+    _checks.check_choice("kind", kind, KINDS)
+    impl = _resolve(implementation)
+    _check_kind_options(kind, kind_options)
+    _checks.check_params(params)
+    _checks.check_inputs(x1, x2)
+    model = as_model(apply_fn)
+    o, dtype = output_spec(model, params, x1)
+    spec = KINDS[kind]
+    with jax.ensure_compile_time_eval():  # concrete even inside the caller's jit
+        proj_KO = spec.projection(o, dtype, **kind_options)
+    if impl is None:
+        name = choose_implementation(model, params, x1, x2, proj_KO.shape[0], spec.diag)
+    else:
+        name = implementation
+        if impl.forward_mode and (why := forward_mode_error(model, params, x1)) is not None:
+            raise TypeError(
+                f"implementation={implementation!r} needs forward-mode autodiff (jax.jvp) through "
+                f"apply_fn, which fails: {why}. Use implementation='jacobian' or 'structured'."
+            )
+    return Prepared(name, kind, proj_KO, o, dtype)
+
+
+def block(model: Model, implementation: str, diag: bool, params, x1, x2, proj_KO):
+    """One unreduced kernel block (pure; jit it). ``x2=None`` is the symmetric case, made
+    exactly symmetric."""
+    k = IMPLEMENTATIONS[implementation].fn(model, params, x1, x2, proj_KO, diag)
     if x2 is None:
         k = 0.5 * (k + (jnp.swapaxes(k, 0, 1) if diag else jnp.transpose(k, (1, 0, 3, 2))))
     return k
 
 
-def _pad_rows(x, size):
-    """Pads ``x`` to ``size`` rows by repeating its last row (rows are independent)."""
-    if x.shape[0] == size:
-        return x
-    pad = jnp.repeat(x[-1:], size - x.shape[0], axis=0)
-    return jnp.concatenate([x, pad], axis=0)
+def _transpose(k, diag):
+    return jnp.swapaxes(k, 0, 1) if diag else jnp.transpose(k, (1, 0, 3, 2))
 
 
 def _blocked(compute, x1, x2, batch_size, diag):
-    """Assembles the kernel from ``batch_size``-row blocks; same shapes compile once."""
+    """Assembles the kernel from ``batch_size``-row blocks; same shapes compile once.
+
+    Off-diagonal blocks of a symmetric kernel are computed once and mirrored, so the result
+    is exactly symmetric; it equals the unblocked call up to float round-off."""
     symmetric = x2 is None
     xb = x1 if symmetric else x2
-    starts1 = list(range(0, x1.shape[0], batch_size))
-    starts2 = list(range(0, xb.shape[0], batch_size))
+    n1, n2 = batch_len(x1), batch_len(xb)
+    starts1 = list(range(0, n1, batch_size))
+    starts2 = list(range(0, n2, batch_size))
 
     def rows(x, s):
-        return _pad_rows(x[s : s + batch_size], batch_size)
-
-    def transpose(k):
-        return jnp.swapaxes(k, 0, 1) if diag else jnp.transpose(k, (1, 0, 3, 2))
+        return pad_rows(take(x, s, s + batch_size), batch_size)
 
     blocks = {}
     for i, s1 in enumerate(starts1):
         for j, s2 in enumerate(starts2):
             if symmetric and j < i:
-                blocks[i, j] = transpose(blocks[j, i])
+                blocks[i, j] = _transpose(blocks[j, i], diag)
             elif symmetric and i == j:
                 blocks[i, j] = compute(rows(x1, s1), None)
             else:
@@ -229,32 +337,200 @@ def _blocked(compute, x1, x2, batch_size, diag):
         ],
         0,
     )
-    return out[: x1.shape[0], : xb.shape[0]]
+    return out[:n1, :n2]
+
+
+# --- build once, call many times ------------------------------------------------------------
+
+
+class KernelFn:
+    """``fn(params, x1, x2=None, **apply_kwargs)``: a kernel built once; see :func:`kernel_fn`."""
+
+    def __init__(self, apply_fn, kind, implementation, batch_size, kind_options):
+        if not callable(apply_fn):
+            raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
+        _checks.check_choice("kind", kind, KINDS)
+        _resolve(implementation)
+        _checks.check_batch_size(batch_size)
+        _check_kind_options(kind, kind_options)
+        self.apply_fn = apply_fn
+        self.kind = kind
+        self.implementation = implementation
+        self.batch_size = batch_size
+        self.kind_options = dict(kind_options)
+        self._prepared: dict = {}
+        statics = ("implementation", "static", "reduce")
+        self._jit = jax.jit(self._compute, static_argnames=statics)
+
+    def __repr__(self) -> str:
+        return (
+            f"kernel_fn({getattr(self.apply_fn, '__name__', type(self.apply_fn).__name__)}, "
+            f"kind={self.kind!r}, implementation={self.implementation!r}, "
+            f"batch_size={self.batch_size})"
+        )
+
+    def _compute(self, params, x1, x2, dynamic, proj_KO, *, implementation, static, reduce):
+        model = Model(self.apply_fn, static, tuple(dynamic))
+        k = block(model, implementation, KINDS[self.kind].diag, params, x1, x2, proj_KO)
+        return KINDS[self.kind].reduce(k) if reduce else k
+
+    def __call__(self, params, x1, x2=None, **apply_kwargs) -> jax.Array:
+        """The kernel of ``apply_fn(·, x, **apply_kwargs)`` w.r.t. ``params`` on x1 (and x2)."""
+        return self.call(params, x1, x2, apply_kwargs, None)
+
+    def prepared(self, params, x1, x2, apply_kwargs, kind_options=None):
+        """``(Prepared, dynamic kwargs, Static)``; validation runs once per signature."""
+        dynamic, static = split_kwargs(apply_kwargs)
+        options = self.kind_options if kind_options is None else kind_options
+        if kind_options is None:
+            token = ()
+        else:
+            try:
+                token = (tuple(sorted(options.items())),)
+                hash(token)
+            except TypeError:  # array options (a PRNG key): prepared anew on each call
+                token = None
+        key = None
+        if token is not None:
+            model = Model(self.apply_fn, static, tuple(dynamic))
+            x2_spec = None if x2 is None else tree_spec(x2)
+            key = (Signature.of(model, params, x1), x2_spec, token)
+            hit = self._prepared.get(key)
+            if hit is not None:
+                return hit, dynamic, static
+        model = Model(self.apply_fn, static, tuple(dynamic))
+        prep = prepare(
+            model,
+            params,
+            x1,
+            x2,
+            kind=self.kind,
+            implementation=self.implementation,
+            kind_options=options,
+        )
+        if key is not None and not _checks.is_traced(prep.proj_KO):
+            self._prepared[key] = prep
+        return prep, dynamic, static
+
+    def lower(self, params, x1, x2=None, **apply_kwargs) -> jax.stages.Lowered:
+        """The unblocked computation lowered for these arguments, e.g. for
+        ``.compile().memory_analysis()`` or ``.cost_analysis()``."""
+        prep, dynamic, static = self.prepared(params, x1, x2, apply_kwargs)
+        return self._jit.lower(
+            params,
+            x1,
+            x2,
+            dynamic,
+            prep.proj_KO,
+            implementation=prep.implementation,
+            static=static,
+            reduce=True,
+        )
+
+    def call(self, params, x1, x2, apply_kwargs, kind_options):
+        prep, dynamic, static = self.prepared(params, x1, x2, apply_kwargs, kind_options)
+        statics = dict(implementation=prep.implementation, static=static)
+        if self.batch_size is None:
+            return self._jit(params, x1, x2, dynamic, prep.proj_KO, reduce=True, **statics)
+
+        def compute(a, b):
+            return self._jit(params, a, b, dynamic, prep.proj_KO, reduce=False, **statics)
+
+        k = _blocked(compute, x1, x2, self.batch_size, prep.diag)
+        return KINDS[self.kind].reduce(k)
+
+
+def kernel_fn(
+    apply_fn: Callable[..., jax.Array],
+    *,
+    kind: str = "entk",
+    implementation: str = "auto",
+    batch_size: int | None = None,
+    **kind_options: Any,
+) -> KernelFn:
+    """Builds ``fn(params, x1, x2=None, **apply_kwargs)``, a kernel you call many times.
+
+    The kernel is taken with respect to ``params`` only. ``apply_kwargs`` go to
+    ``apply_fn(params, x, **apply_kwargs)`` and are never differentiated: array leaves
+    (BatchNorm statistics, PRNG keys) are traced, other leaves (``train=False``) are static
+    and must be hashable. ``fn`` compiles once per (shapes, dtypes, static arguments): new
+    parameter or state values never recompile. Validation (including a finiteness check of
+    ``params`` and inputs on the first call) and the choice of implementation happen once
+    per signature, so later calls never wait on the device.
+
+    Args:
+      apply_fn: ``apply_fn(params, x, **apply_kwargs) -> [batch, O]``; any callable (hashable
+        or not: an Equinox module, a dataclass holding arrays). Row n of the output must
+        depend on example n only (eval-mode BatchNorm, no batch-shaped noise).
+      kind: one of :data:`KINDS`.
+      implementation: one of :data:`IMPLEMENTATIONS` or ``"auto"`` (lowest estimated cost).
+      batch_size: if set, compute in blocks of this many rows of x1 and x2 (one compile for
+        all blocks); the blocks are assembled into one array.
+      **kind_options: ``logit`` for ``single_logit``; ``key`` and ``n_projections`` for
+        ``random_projection``.
+
+    Returns:
+      ``fn(params, x1, x2=None, **apply_kwargs)``. ``x1: [N1, ...]`` and ``x2: [N2, ...]``
+      may be pytrees whose leaves share the leading batch axis; ``x2=None`` means x1 (the
+      work is shared and the result is exactly symmetric). The result's shape is given in
+      :data:`KINDS`. ``fn`` also works inside the caller's ``jax.jit``.
+
+    Example:
+      >>> import jax.numpy as jnp, ntk
+      >>> f = lambda p, x, scale: jnp.tanh(scale * x @ p["w1"]) @ p["w2"]
+      >>> fn = ntk.kernel_fn(f, kind="pntk")
+      >>> p = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
+      >>> fn(p, jnp.ones((5, 3)), scale=jnp.asarray(0.5)).shape
+      (5, 5)
+    """
+    return KernelFn(apply_fn, kind, implementation, batch_size, kind_options)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_kernel_fn(key, kind, implementation, batch_size) -> KernelFn:
+    from ntk.kernels.model import from_key
+
+    return KernelFn(from_key(key), kind, implementation, batch_size, {})
+
+
+def clear_caches() -> None:
+    """Forgets every built kernel function, trace and structured plan of this module."""
+    from ntk.kernels import structured
+
+    for cached in (_shared_kernel_fn, _facts, _output_struct, structured._plan_cached):
+        cached.cache_clear()
 
 
 def kernel(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     params: Any,
-    x1: jax.Array,
-    x2: jax.Array | None = None,
+    x1: Any,
+    x2: Any | None = None,
     *,
     kind: str = "entk",
     implementation: str = "auto",
     batch_size: int | None = None,
     **kind_options: Any,
 ) -> jax.Array:
-    """Any registered kernel kind (see :data:`KINDS`) with any implementation.
+    """Any registered kernel kind (see :data:`KINDS`) with any implementation, in one call.
+
+    A thin wrapper over :func:`kernel_fn`: the built function is cached per ``apply_fn``
+    object, so calling again with the same ``apply_fn`` and shapes does not recompile. Build
+    a :func:`kernel_fn` yourself to pass model state (``apply_kwargs``) or to reuse one
+    compiled kernel across a new ``apply_fn`` closure.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> [batch, O]``; row n depends on ``x[n]`` only.
+      apply_fn: ``apply_fn(params, x) -> [batch, O]``; row n depends on example n only.
       params: pytree of floating arrays; the kernel is taken with respect to all of them.
-      x1: ``[N1, ...]`` inputs.
+      x1: ``[N1, ...]`` inputs (an array or a pytree of arrays sharing the batch axis).
       x2: ``[N2, ...]`` inputs, or ``None`` for ``x2 = x1`` (work is shared and the result is
         exactly symmetric).
       kind: one of :data:`KINDS`.
       implementation: one of :data:`IMPLEMENTATIONS` or ``"auto"`` (lowest estimated cost).
-      batch_size: if set, compute in blocks of this many rows of x1 and x2; peak memory is
-        that of one block pair. Values equal the unblocked call up to float round-off.
+      batch_size: if set, compute in blocks of this many rows of x1 and x2 (one compile for
+        all blocks). The assembled kernel is held in memory; each block's intermediates
+        (Jacobians, activations) are bounded by the block. Values equal the unblocked call up
+        to float round-off.
       **kind_options: ``logit`` for ``single_logit``; ``key`` and ``n_projections`` for
         ``random_projection``.
 
@@ -262,31 +538,12 @@ def kernel(
       The kernel; its shape is given in :data:`KINDS`.
     """
     _checks.check_choice("kind", kind, KINDS)
-    impl = _resolve(implementation)
+    _resolve(implementation)
     _checks.check_batch_size(batch_size)
-    _checks.check_params(params)
-    _checks.check_inputs(x1, x2)
-    o, dtype = _checks.output_spec(apply_fn, params, x1)
-    spec = KINDS[kind]
-    proj_KO = spec.projection(o, dtype, **kind_options)
-    if impl is None:
-        name = choose_implementation(apply_fn, params, x1, x2, proj_KO.shape[0], spec.diag)
-    else:
-        name = implementation
-        if impl.forward_mode and (why := forward_mode_error(apply_fn, params, x1)) is not None:
-            raise TypeError(
-                f"implementation={implementation!r} needs forward-mode autodiff (jax.jvp) through "
-                f"apply_fn, which fails: {why}. Use implementation='jacobian' or 'structured'."
-            )
-
-    def compute(a, b):
-        return _block(apply_fn, name, spec.diag, params, a, b, proj_KO)
-
-    if batch_size is None:
-        k = compute(x1, x2)
-    else:
-        k = _blocked(compute, x1, x2, batch_size, spec.diag)
-    return spec.reduce(k)
+    if not callable(apply_fn):
+        raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
+    fn = _shared_kernel_fn(fn_key(apply_fn), kind, implementation, batch_size)
+    return fn.call(params, x1, x2, {}, kind_options)
 
 
 def entk(apply_fn, params, x1, x2=None, *, implementation="auto", batch_size=None) -> jax.Array:

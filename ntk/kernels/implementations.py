@@ -25,13 +25,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import ClosedJaxpr, Jaxpr
+
+from ntk.kernels.model import add_batch_axis
 
 
 def project(apply_fn, proj_KO):
-    """Per-example projected model ``f_M(params, x_single) -> [K]``."""
+    """Per-example projected model ``f_M(params, x_single) -> [K]`` (``x_single``: one
+    example, any pytree, without its batch axis)."""
 
     def f_single(params, x):
-        out_1O = apply_fn(params, x[None])
+        out_1O = apply_fn(params, add_batch_axis(x))
         return jnp.einsum("ko,o->k", proj_KO.astype(out_1O.dtype), out_1O[0])
 
     return f_single
@@ -105,28 +109,64 @@ def ntk_vector_products(apply_fn, params, x1, x2, proj_KO, diag):
     return jnp.transpose(cols_N2KNK, (2, 0, 3, 1))  # [N1, N2, K1, K2]
 
 
-def jaxpr_flops(jaxpr) -> float:
-    """FLOPs of a jaxpr, platform-independent: 2·MACs for dot_general and convolutions, one
-    per output element for everything else; call-like sub-jaxprs are counted recursively."""
-    total = 0.0
+def sub_jaxprs(eqn):
+    """The jaxprs an equation calls (call, scan, cond branches, while cond/body, custom rules)."""
+    for v in eqn.params.values():
+        for item in v if isinstance(v, list | tuple) else (v,):
+            if isinstance(item, ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, Jaxpr):
+                yield item
+
+
+def _eqn_flops(eqn) -> float:
+    out = sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+    name = eqn.primitive.name
+    if name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2.0 * out * math.prod(lhs[d] for d in lc)
+    if name == "conv_general_dilated":
+        rhs = eqn.invars[1].aval.shape
+        out_feat = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+        return 2.0 * out * math.prod(rhs) / out_feat
+    return float(out)
+
+
+def jaxpr_cost(jaxpr) -> tuple[float, bool]:
+    """``(FLOPs, exact)`` of a jaxpr, platform-independent.
+
+    2·MACs for ``dot_general`` and convolutions, one per output element for anything else.
+    Control flow: a ``scan`` body counts ``length`` times (``fori_loop`` with static bounds
+    is a scan), a ``cond`` its most expensive branch, other calls their callee once. A
+    ``while`` loop's trip count is unknown: its body and condition count once and ``exact``
+    is False, which tells ``auto`` not to trust FLOP ratios that multiply the forward pass
+    by N1·N2 (see :func:`ntk.kernels.api.choose_implementation`).
+    """
+    total, exact = 0.0, True
     for eqn in jaxpr.eqns:
-        sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-        if sub is not None and hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
-            total += jaxpr_flops(getattr(sub, "jaxpr", sub))
+        subs = list(sub_jaxprs(eqn))
+        if not subs:
+            total += _eqn_flops(eqn)
             continue
-        out = sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+        costs = [jaxpr_cost(j) for j in subs]
+        exact = exact and all(e for _, e in costs)
         name = eqn.primitive.name
-        if name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2.0 * out * math.prod(lhs[d] for d in lc)
-        elif name == "conv_general_dilated":
-            rhs = eqn.invars[1].aval.shape
-            out_feat = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += 2.0 * out * math.prod(rhs) / out_feat
-        else:
-            total += out
-    return total
+        if name == "scan":
+            total += eqn.params["length"] * sum(c for c, _ in costs)
+        elif name == "cond":
+            total += max(c for c, _ in costs)
+        elif name == "while":
+            total += sum(c for c, _ in costs)
+            exact = False
+        else:  # call-like: pjit, closed_call, remat, custom_jvp/vjp (the primal body)
+            total += costs[0][0]
+    return total, exact
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """FLOPs of a jaxpr (see :func:`jaxpr_cost`)."""
+    return jaxpr_cost(jaxpr)[0]
 
 
 @dataclass(frozen=True)
@@ -137,6 +177,9 @@ class Implementation:
     cost: Callable[..., float]
     doc: str
     forward_mode: bool = False  # needs jax.jvp through apply_fn (fails on custom_vjp)
+    # Cost grows like N1·N2 forward passes: not chosen by ``auto`` when the forward pass's
+    # FLOP count is a lower bound only (a while loop in the model).
+    quadratic_in_forward: bool = False
 
 
 # FLOP models, with [FP] = fp the per-example forward pass: a vjp is one forward plus ~2[FP]
@@ -161,5 +204,6 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         "NTK-vector products: never stores J; cost N1·N2·K forward passes. Wins for a "
         "cheap forward pass with small N.",
         forward_mode=True,
+        quadratic_in_forward=True,
     ),
 }

@@ -38,6 +38,7 @@ from ntk.kernels.implementations import (
     gram,
     project,
 )
+from ntk.kernels.model import Model, Signature, as_model, batch_len
 
 _CALLS = ("jit", "pjit", "closed_call", "core_call", "checkpoint", "remat")
 _SHAPE_OPS = ("reshape", "transpose", "squeeze", "expand_dims", "copy", "copy_p")
@@ -342,34 +343,24 @@ def _analyse(closed: ClosedJaxpr, n_leaves: int) -> Plan:
 
 
 @functools.lru_cache(maxsize=128)
-def _plan_cached(apply_fn, treedef, leaf_specs, x_spec, k):
-    def fn(leaves, x, proj_KO):
-        params = jax.tree_util.tree_unflatten(treedef, leaves)
-        return project(apply_fn, proj_KO)(params, x)
+def _plan_cached(sig: Signature, k: int) -> Plan:
+    params, x_1, dynamic = sig.abstract_args()
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    o = jax.eval_shape(lambda p, a, d: sig.model(d)(p, a), params, x_1, dynamic)
 
-    leaves = [jax.ShapeDtypeStruct(s, d) for s, d in leaf_specs]
-    x = jax.ShapeDtypeStruct(x_spec[0][1:], x_spec[1])
-    o = jax.eval_shape(
-        apply_fn, jax.tree_util.tree_unflatten(treedef, leaves), x_spec_batch(x_spec)
-    )
+    def fn(leaves, x, dynamic, proj_KO):
+        p = jax.tree_util.tree_unflatten(treedef, leaves)
+        return project(sig.model(dynamic), proj_KO)(p, x)
+
+    x = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), x_1)
     proj = jax.ShapeDtypeStruct((k, o.shape[1]), o.dtype)
-    closed = jax.make_jaxpr(fn)(leaves, x, proj)
+    closed = jax.make_jaxpr(fn)(leaves, x, dynamic, proj)
     return _analyse(closed, len(leaves))
 
 
-def x_spec_batch(x_spec):
-    return jax.ShapeDtypeStruct((1, *x_spec[0][1:]), x_spec[1])
-
-
 def plan_for(apply_fn, params, x, k: int) -> Plan:
-    """The (cached) structured plan for ``apply_fn`` at these shapes and K outputs."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    leaf_specs = tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
-    x_spec = (tuple(x.shape), str(x.dtype))
-    try:
-        return _plan_cached(apply_fn, treedef, leaf_specs, x_spec, k)
-    except TypeError:  # unhashable apply_fn
-        return _plan_cached.__wrapped__(apply_fn, treedef, leaf_specs, x_spec, k)
+    """The (cached) structured plan for ``apply_fn`` (or a Model) at these shapes and K."""
+    return _plan_cached(Signature.of(as_model(apply_fn), params, x).per_example(), k)
 
 
 def _bind(eqn, invals):
@@ -408,7 +399,7 @@ def _eval(jaxpr: Jaxpr, consts, args, path, hook):
     return [read(v) for v in jaxpr.outvars]
 
 
-def _factors(plan: Plan, leaves: list, x_N, proj_KO):
+def _factors(plan: Plan, model: Model, leaves: list, x_N, proj_KO):
     """Per-example activations, output cotangents and fallback Jacobians.
 
     Returns ``(acts, deltas, jac_fb)``: ``acts[leaf]`` is ``[N, *other_shape]``,
@@ -434,7 +425,8 @@ def _factors(plan: Plan, leaves: list, x_N, proj_KO):
                 return [outvals[0] + eps[p]]
             return outvals
 
-        (out,) = _eval(plan.closed.jaxpr, plan.closed.consts, [*full, x, proj_KO], (), hook)
+        args = [*full, *jax.tree_util.tree_leaves(x), *model.dynamic, proj_KO]
+        (out,) = _eval(plan.closed.jaxpr, plan.closed.consts, args, (), hook)
         return out, acts
 
     def per_example(x):
@@ -550,12 +542,14 @@ def _weight_jacobian(a_NSC, d_NKSF):
 
 def structured_derivatives(apply_fn, params, x1, x2, proj_KO, diag):
     """Exact projected eNTK with the structured rule for dense/conv weights (see module doc)."""
+    model = as_model(apply_fn)
     leaves = jax.tree_util.tree_leaves(params)
     k = proj_KO.shape[0]
-    n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    plan = _single_cotangent_by_vjp(plan_for(apply_fn, params, x1, k), x1.shape[0], n2, k, diag)
-    f1 = _factors(plan, leaves, x1, proj_KO)
-    f2 = f1 if x2 is None else _factors(plan, leaves, x2, proj_KO)
+    n1 = batch_len(x1)
+    n2 = n1 if x2 is None else batch_len(x2)
+    plan = _single_cotangent_by_vjp(plan_for(model, params, x1, k), n1, n2, k, diag)
+    f1 = _factors(plan, model, leaves, x1, proj_KO)
+    f2 = f1 if x2 is None else _factors(plan, model, leaves, x2, proj_KO)
     (acts1, deltas1, jfb1), (acts2, deltas2, jfb2) = f1, f2
     total = contract_jacobians(jfb1, jfb2, diag) if jfb1 else None
     for leaf, site in plan.sites.items():
@@ -599,7 +593,16 @@ def structured_cost(n1, n2, k, p, fp, diag, *, apply_fn, params, x1, **_):
     (weight cotangents are never formed), the site sums and the fallback contractions."""
     try:
         plan = plan_for(apply_fn, params, x1, k)
-    except Exception:  # a model the tracer cannot analyse: never choose this implementation
+    except Exception as e:  # a model the analysis cannot handle: never choose structured
+        from ntk.kernels.api import warn_once
+        from ntk.kernels.model import fn_key
+
+        warn_once(
+            ("structured", fn_key(as_model(apply_fn).apply_fn), type(e).__name__),
+            "implementation='auto': the structured-derivatives analysis failed on this model "
+            f"({type(e).__name__}: {e}); choosing among the other implementations. "
+            "Please report this with the model.",
+        )
         return math.inf
     leaves = jax.tree_util.tree_leaves(params)
     p_fb = sum(int(np.size(leaves[i])) for i in plan.fallback)
