@@ -197,6 +197,30 @@ def per_head_weights_and_attention():
     return f, params, inputs((6,), 5, 0), {"structured": {"q", "k", "v", "out"}}
 
 
+def parameter_products():
+    """Two different leaves meeting in one dot_general: a low-rank layer U·V, a LoRA adapter
+    beside a dense weight, an outer product of two parameter vectors, a bilinear form."""
+    params = {
+        "U": _p(31, 6, 2),
+        "V": _p(32, 2, 6),
+        "W": _p(33, 6, 5),
+        "A": _p(34, 6, 2),
+        "B": _p(35, 2, 5),
+        "u": _p(36, 5, scale=0.5),
+        "v": _p(37, 3, scale=0.5),
+        "M": _p(38, 3, 3),
+    }
+
+    def f(p, x):
+        h = jnp.tanh(x @ (p["U"] @ p["V"]))  # low rank
+        h = jnp.tanh(h @ p["W"] + (h @ p["A"]) @ p["B"])  # LoRA
+        outer = jnp.outer(p["u"], p["v"])  # [5, 3]
+        bilinear = jnp.einsum("i,ij,j->", p["v"], p["M"], p["v"])  # v used twice
+        return jnp.tanh(h @ outer) * (1.0 + 0.1 * bilinear)
+
+    return f, params, inputs((6,), 5, 0), None
+
+
 CASES = {
     "weight_used_twice": weight_used_twice,
     "embedding": embedding,
@@ -207,6 +231,7 @@ CASES = {
     "flax_resnet_block": flax_resnet_block,
     "scanned_layers": scanned_layers,
     "per_head_weights_and_attention": per_head_weights_and_attention,
+    "parameter_products": parameter_products,
 }
 
 
@@ -230,7 +255,7 @@ def test_structured_exact_on_unusual_models(name):
     )
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if n != "flax_resnet_block"))
+@pytest.mark.parametrize("name", sorted(n for n in CASES if CASES[n]()[3] is not None))
 def test_which_leaves_are_structured(name):
     f, params, x, want = CASES[name]()
     plan = structured.plan_for(f, params, x, 1)
@@ -318,3 +343,22 @@ def test_auto_prefers_structured_for_a_wide_mlp():
 
     x = jax.random.normal(k[2], (16, 16))
     assert ntk.choose_implementation(f, params, x, None, 10, False) == "structured"
+
+
+@pytest.mark.parametrize("implementation", ["structured", "auto"])
+def test_parameter_times_parameter_all_kinds(implementation):
+    """Regression: two leaves in one dot_general raised KeyError for entk, trace, diagonal."""
+    f, params, x, _ = parameter_products()
+    x2 = x[:3] + 0.5
+    ref = reference_entk(f, params, x, x2)
+    o = ref.shape[-1]
+    want = {
+        "entk": ref,
+        "trace": np.einsum("abkk->ab", ref) / o,
+        "diagonal": np.einsum("abkk->abk", ref),
+        "pntk": ref.sum((2, 3)) / o,
+    }
+    for kind, w in want.items():
+        _assert_close(ntk.kernel(f, params, x, x2, kind=kind, implementation=implementation), w)
+    sym = ntk.kernel(f, params, x, kind="entk", implementation=implementation)
+    _assert_close(sym, reference_entk(f, params, x))

@@ -406,7 +406,10 @@ def _factors(plan: Plan, model: Model, leaves: list, x_N, proj_KO):
     ``deltas[site.perturb_at]`` is ``[N, K, *out_shape]``; ``jac_fb`` is a list of
     ``[N, K, *leaf.shape]``.
     """
-    acts_at = {s.path: s for s in plan.sites.values()}
+    # Two leaves can meet in one equation (``U @ V``): record per site, not per equation.
+    acts_at: dict = {}
+    for s in plan.sites.values():
+        acts_at.setdefault(s.path, []).append(s)
     eps_at = {s.perturb_at: s for s in plan.sites.values()}
     fb = plan.fallback
     k = proj_KO.shape[0]
@@ -419,8 +422,8 @@ def _factors(plan: Plan, model: Model, leaves: list, x_N, proj_KO):
         acts = {}
 
         def hook(p, invals, outvals):
-            if p in acts_at:
-                acts[acts_at[p].leaf] = invals[1 - acts_at[p].operand]
+            for s in acts_at.get(p, ()):
+                acts[s.leaf] = invals[1 - s.operand]
             if p in eps_at:
                 return [outvals[0] + eps[p]]
             return outvals
