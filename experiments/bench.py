@@ -1,16 +1,8 @@
-"""Benchmark entry point: ``python experiments/bench.py [quick=true] [out_dir=DIR]``."""
+"""Benchmark entry point: ``python experiments/bench.py [quick=true] [out_dir=DIR]``.
 
-import hydra
-from omegaconf import DictConfig
+The same as the console script `ntk-bench`."""
 
-from ntk.bench import markdown, run_suite
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
-def main(cfg: DictConfig) -> None:
-    result = run_suite(cfg.out_dir, quick=cfg.quick, repeats=cfg.repeats, timeout=cfg.timeout_s)
-    print(markdown(result))
-
+from ntk_repro.cli import bench
 
 if __name__ == "__main__":
-    main()
+    bench()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ntk.data import LOADERS, load_dataset, reshape_for, stratified_subset
+from ntk_repro.data import LOADERS, load_dataset, reshape_for, stratified_subset
 
 
 def test_digits_shapes_dtypes_and_split():

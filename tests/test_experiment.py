@@ -12,12 +12,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntk import experiment
-from ntk.report import SUMMARY_FIELDS, build_report
+from ntk_repro import experiment
+from ntk_repro.report import SUMMARY_FIELDS, build_report
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
-PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+CONF = str(ROOT / "ntk_repro" / "conf")
+PRESETS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 
 
 def compose_cfg(overrides):
@@ -28,7 +28,11 @@ def compose_cfg(overrides):
 def test_every_preset_opens_with_command_runtime_and_headline():
     assert set(PRESETS) >= {"width_init", "training", "spectra", "regression", "cost"}
     for name in PRESETS:
-        head = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().splitlines()[:12]
+        head = (
+            (ROOT / "ntk_repro" / "conf" / "experiment" / f"{name}.yaml")
+            .read_text()
+            .splitlines()[:12]
+        )
         text = "\n".join(head)
         for word in ("Command:", "Runtime:", "Headline:"):
             assert word in text, f"{name}.yaml header lacks {word}"
@@ -173,8 +177,8 @@ def test_kernels_at_checkpoints_compile_once(tmp_path):
     import jax
     from _compiles import count_backend_compiles
 
-    from ntk.analysis import EvalSet
-    from ntk.models import build_model, init_model
+    from ntk_repro.analysis import EvalSet
+    from ntk_repro.models import build_model, init_model
 
     model = build_model("cnn", num_classes=3, width=4, depth=1, norm="batchnorm")
     variables = init_model(model, jax.random.key(0), (6, 6, 1))

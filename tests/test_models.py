@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import ntk
-from ntk.data import load_dataset, reshape_for
-from ntk.models import (
+from ntk_repro.data import load_dataset, reshape_for
+from ntk_repro.models import (
     MODELS,
     build_model,
     init_model,

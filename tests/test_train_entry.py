@@ -13,11 +13,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntk import checkpoint as ckpt
-from ntk.training import resolve_config, train, validate_config
+from ntk_repro import checkpoint as ckpt
+from ntk_repro.training import resolve_config, train, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "ntk_repro" / "conf"
 SCRIPT = ROOT / "experiments" / "train.py"
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from ntk import checkpoint as ckpt
-from ntk.models import build_model
-from ntk.training import (
+from ntk_repro import checkpoint as ckpt
+from ntk_repro.models import build_model
+from ntk_repro.training import (
     LOSSES,
     OPTIMIZERS,
     SCHEDULES,

@@ -44,8 +44,8 @@ class KernelResult:
 
 
 def make_eval_set(dataset: Any, n_per_class: int, n_test_per_class: int, seed: int) -> EvalSet:
-    """Stratified, seed-deterministic evaluation points from a :class:`ntk.data.Dataset`."""
-    from ntk.data import stratified_subset
+    """Stratified, seed-deterministic evaluation points from a :class:`ntk_repro.data.Dataset`."""
+    from ntk_repro.data import stratified_subset
 
     y_tr = _int_labels(dataset.y_train)
     y_te = _int_labels(dataset.y_test)
@@ -123,7 +123,7 @@ def kernel_metrics(
 
     Args:
       apply_fn: ``apply_fn(params, x, **apply_kwargs) -> [batch, O]`` (eval mode). Pass the
-        same function at every checkpoint (e.g. :func:`ntk.models.eval_apply_fn`) and the
+        same function at every checkpoint (e.g. :func:`ntk_repro.models.eval_apply_fn`) and the
         kernels compile once per run.
       params: the parameters at this checkpoint.
       evalset: N training points (the kernel's ``X``) and M held-out points.

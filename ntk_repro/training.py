@@ -2,7 +2,7 @@
 
 :func:`train` takes a config (a Hydra ``DictConfig`` or a nested dict; see ``conf/train.yaml``)
 and a run directory ``OUT`` and writes ``OUT/config.yaml``, ``OUT/metrics.jsonl`` and
-``OUT/checkpoints/<epoch>`` (layout in :mod:`ntk.checkpoint`).
+``OUT/checkpoints/<epoch>`` (layout in :mod:`ntk_repro.checkpoint`).
 
 * Checkpoints are saved at epoch 0 (initialisation), at ``trainer.checkpoint_epochs``, at
   multiples of ``trainer.checkpoint_every`` and at the last epoch. Each holds params,
@@ -12,7 +12,7 @@ and a run directory ``OUT`` and writes ``OUT/config.yaml``, ``OUT/metrics.jsonl`
 * Re-running into the same ``OUT`` resumes from the last finalised checkpoint and rewrites
   ``metrics.jsonl`` to the records up to it; on CPU the final params and metrics.jsonl are
   bit-identical to an uninterrupted run. A stored config that differs in any key except
-  :data:`ntk.checkpoint.RESUME_IGNORED_KEYS` refuses to resume and names the keys.
+  :data:`ntk_repro.checkpoint.RESUME_IGNORED_KEYS` refuses to resume and names the keys.
 * Callbacks ``fn(event: CheckpointEvent)`` run after each checkpoint is finalised on disk
   (see :class:`CheckpointEvent`); they are the hook for kernels at checkpoints.
 
@@ -44,9 +44,9 @@ from flax import struct
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ntk import checkpoint as ckpt
-from ntk.data import LOADERS, Dataset, load_dataset, reshape_for
-from ntk.models import MODELS, build_model, init_model, kernel_apply_fn
+from ntk_repro import checkpoint as ckpt
+from ntk_repro.data import LOADERS, Dataset, load_dataset, reshape_for
+from ntk_repro.models import MODELS, build_model, init_model, kernel_apply_fn
 
 __all__ = [
     "LOSSES",
@@ -418,7 +418,7 @@ def train(
       callbacks: each ``fn(event: CheckpointEvent)`` is called, in order, after every
         checkpoint saved by this call; a dict it returns is merged into that checkpoint's
         ``metrics.jsonl`` record (not for checkpoints restored on resume; use
-        :func:`ntk.checkpoint.iter_checkpoints` to revisit those).
+        :func:`ntk_repro.checkpoint.iter_checkpoints` to revisit those).
 
     Returns:
       A :class:`TrainResult`.

@@ -5,7 +5,7 @@ reports the first call (compile + run) separately from the warm median, XLA's FL
 and compiled temporary memory, the achieved GFLOP/s and its ratio to the machine's measured
 float32 GEMM rate. ``run_suite`` writes ``bench.json``, ``bench.md`` and plots.
 
-Run: ``python experiments/bench.py`` (Hydra) or ``python -m ntk.bench --out DIR``.
+Run: ``python experiments/bench.py`` (Hydra) or ``python -m ntk_repro.bench --out DIR``.
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ def _too_big(case: dict) -> str | None:
 
 
 def _run_subprocess(case: dict, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "ntk.bench", "--one", json.dumps(case)]
+    cmd = [sys.executable, "-m", "ntk_repro.bench", "--one", json.dumps(case)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ntk import plotting
+from ntk_repro import plotting
 
 SUMMARY_FIELDS = (
     "model", "width", "depth", "seed", "epoch", "n", "relative_frobenius_error",

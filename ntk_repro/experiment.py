@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ntk.analysis import EvalSet, kernel_metrics, make_eval_set, save_arrays
+from ntk_repro.analysis import EvalSet, kernel_metrics, make_eval_set, save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def kernels_at(
     """Kernel metrics for one checkpoint of ``model`` (a Linen module and its variables);
     saves spectra (and kernels if asked) as ``.npz``. Every checkpoint of a model shares one
     compiled kernel computation."""
-    from ntk.models import kernel_model
+    from ntk_repro.models import kernel_model
 
     apply_fn, params, state = kernel_model(model, variables)
     res = kernel_metrics(apply_fn, params, evalset, apply_kwargs=state, **_kernel_options(kcfg))
@@ -81,7 +81,7 @@ def run_figures(run_dir: str | Path) -> dict[str, str]:
     """Spectrum overlays (first and last checkpoint) and the init heatmap of one run."""
     import numpy as np
 
-    from ntk import plotting
+    from ntk_repro import plotting
 
     files = sorted((Path(run_dir) / "kernels").glob("epoch_*.npz"))
     if not files:
@@ -103,8 +103,8 @@ def run(cfg, out_dir: str | Path):
     """Trains one run (kernels at checkpoints when ``kernel.enabled``), logging as configured."""
     from omegaconf import OmegaConf
 
-    from ntk.loggers import build_logger
-    from ntk.training import train
+    from ntk_repro.loggers import build_logger
+    from ntk_repro.training import train
 
     plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
     kcfg = plain.get("kernel") or {}
@@ -126,9 +126,9 @@ def recompute(run_dir: str | Path, kcfg: Mapping[str, Any] | None = None) -> lis
     ``kcfg`` defaults to the run's own ``kernel`` config, so the numbers match those logged
     during training. Returns one record per checkpoint (epoch, step and the scalars).
     """
-    from ntk.checkpoint import iter_checkpoints, load_config
-    from ntk.models import kernel_model
-    from ntk.training import _load_data, resolve_config
+    from ntk_repro.checkpoint import iter_checkpoints, load_config
+    from ntk_repro.models import kernel_model
+    from ntk_repro.training import _load_data, resolve_config
 
     cfg = resolve_config(load_config(run_dir))
     kcfg = dict(kcfg or cfg.get("kernel") or {})

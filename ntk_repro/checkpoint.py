@@ -32,7 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from omegaconf import OmegaConf
 
-from ntk.models import build_model, kernel_apply_fn
+from ntk_repro.models import build_model, kernel_apply_fn
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -265,7 +265,7 @@ def iter_checkpoints(
     (no optimiser state), so no template is needed.
 
     Args:
-      out_dir: a run directory written by :func:`ntk.training.train`.
+      out_dir: a run directory written by :func:`ntk_repro.training.train`.
       epochs: restrict to these epochs (those not saved are skipped); None yields all.
 
     Raises:

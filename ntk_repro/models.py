@@ -15,7 +15,7 @@ Parameterisations (picked by name from :data:`PARAMETERIZATIONS`):
 Input layouts. ``MLP`` flattens whatever it gets. ``CNN`` and ``ResNet18`` need a spatial layout
 ``[N, H, W, C]`` (images) or ``[N, L, C]`` (1-D signals such as mnist1d as ``[40, 1]``); flat
 ``[N, D]`` vectors raise a ``ValueError``. Each model class states this in ``input_kind``
-(``"flat"`` or ``"spatial"``), which :func:`ntk.data.reshape_for` uses.
+(``"flat"`` or ``"spatial"``), which :func:`ntk_repro.data.reshape_for` uses.
 
 Example::
 
