@@ -12,8 +12,11 @@ Public API (see README):
 * adapters: :func:`from_equinox`, :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
 * scale: :func:`stream_kernel` (blocked, on disk, resumable), :func:`sharded_kernel`
   (rows over all devices), :mod:`ntk.implicit` (matvecs, Lanczos, CG).
-* the reproduction: :mod:`ntk.models`, :mod:`ntk.data`, :mod:`ntk.training`,
-  :mod:`ntk.analysis`, :mod:`ntk.experiment`, :mod:`ntk.report`.
+* many workers: :func:`store_kernel` (chunked zarr store, one chunk per block, any number of
+  writers), :func:`open_kernel` (lazy reads), :func:`distribute_kernel` (submitit jobs).
+
+The reproduction of the pNTK study (models, data, training, report) is the separate package
+``ntk_repro``, which imports this library; the library never imports it.
 """
 
 from ntk import implicit  # noqa: E402  (entk_matvec, extreme_eigenvalues, cg_kernel_regression)
@@ -34,7 +37,9 @@ from ntk.kernels import (
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
 from ntk.sharding import sharded_kernel
+from ntk.store import StoredKernel, open_kernel, store_kernel
 from ntk.stream import stream_kernel
+from ntk.workers import distribute_kernel
 
 __version__ = "0.1.0"
 
@@ -64,4 +69,8 @@ __all__ = [
     "implicit",
     "single_logit_ntk",
     "trace_ntk",
+    "StoredKernel",
+    "distribute_kernel",
+    "open_kernel",
+    "store_kernel",
 ]

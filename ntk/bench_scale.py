@@ -1,7 +1,7 @@
 """Scale benchmark: kernels streamed to disk (:func:`ntk.stream_kernel`): numbers, not tests.
 
 Each row runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own.
-Model: the benchmark MLP of :mod:`ntk.bench` (``d=40 -> 512 -> 512 -> 10``, ReLU, NTK
+Model: the benchmark MLP of :mod:`ntk_repro.bench` (``d=40 -> 512 -> 512 -> 10``, ReLU, NTK
 parameterisation, biases; mnist1d-sized inputs, random normal), float32.
 
 ==========  ======  ========  ==========  ==========================================
@@ -14,6 +14,21 @@ entk_2k     entk    2,000     500         [2000, 2000, 10, 10] float32, 1.6 GB
 
 Targets: pNTK at N=50,000 within 15 minutes and under 12 GB peak RSS on the 2-core CPU.
 Each row also checks 64×64 random entries of the file against :func:`ntk.kernel`.
+
+Worker scaling (:func:`ntk.distribute_kernel` into the chunked store, submitit's local
+executor, each worker pinned to one core with one XLA thread):
+
+===============  ======  ========  ==========  ===========================================
+row              kind    N         block size  what
+===============  ======  ========  ==========  ===========================================
+workers_50k      pntk    50,000    5,000       1 worker, then 2; wall time and the ratio
+workers_20k      pntk    20,000    5,000       the same, smaller (about a minute)
+in_memory_10k    pntk    10,000    (none)      one ``ntk.kernel`` call in memory, 1 core
+===============  ======  ========  ==========  ===========================================
+
+Goal: 2 workers at least 1.7 times the throughput of 1. Throughputs are kernel entries per
+second of wall time (job start-up, compiles and writes included), so the streamed rows and
+the in-memory row compare directly.
 
 Run: ``python -m ntk.bench_scale --out DIR [--rows pntk_20k entk_2k] [--work DIR] [--keep]``.
 Writes ``DIR/bench_scale.json`` and ``DIR/bench_scale.md``; the kernels go to ``--work``
@@ -40,21 +55,149 @@ ROWS: dict[str, dict] = {
     "pntk_50k": dict(kind="pntk", n=50_000, block_size=5000),
     "entk_2k": dict(kind="entk", n=2_000, block_size=500),
 }
+WORKER_ROWS: dict[str, dict] = {
+    "workers_50k": dict(kind="pntk", n=50_000, block_size=5000, workers=(1, 2)),
+    "workers_20k": dict(kind="pntk", n=20_000, block_size=5000, workers=(1, 2)),
+}
+IN_MEMORY_ROWS: dict[str, dict] = {"in_memory_10k": dict(kind="pntk", n=10_000)}
+ALL_ROWS = (*ROWS, *WORKER_ROWS, *IN_MEMORY_ROWS)
+DEFAULT_ROWS = ("pntk_20k", "pntk_50k", "entk_2k", "workers_50k", "in_memory_10k")
 WIDTH, O, D_IN = 512, 10, 40
+
+
+def bench_problem(n: int):
+    """``(apply_fn, params, x, None)``: the benchmark MLP and ``n`` random inputs (a module
+    function, so that submitit workers can rebuild it)."""
+    import jax
+
+    from ntk_repro.bench import MODELS
+
+    apply_fn, params, shape = MODELS["mlp"](WIDTH, O, d_in=D_IN)
+    x = jax.random.normal(jax.random.key(1), (n, *shape))
+    return apply_fn, params, x, None
+
+
+def _spot_check(k, apply_fn, params, x, kind, n) -> float:
+    """Max relative error of 64×64 random entries of ``k`` against :func:`ntk.kernel`."""
+    from ntk.kernels.api import kernel
+
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(n, 64, replace=False))
+    cols = np.sort(rng.choice(n, 64, replace=False))
+    got = np.asarray(k[rows][:, cols]) if isinstance(k, np.ndarray) else k.oindex[rows, cols]
+    want = np.asarray(kernel(apply_fn, params, x[rows], x[cols], kind=kind))
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+def run_workers_row(name: str, work_dir: str | os.PathLike, keep: bool = False) -> list[dict]:
+    """One worker-scaling row: the store computed with each worker count in turn."""
+    import functools
+
+    import submitit
+
+    from ntk.store import done_blocks, open_kernel
+    from ntk.workers import distribute_kernel
+
+    row = WORKER_ROWS[name]
+    n, block_size, kind = row["n"], row["block_size"], row["kind"]
+    results = []
+    for n_workers in row["workers"]:
+        path = Path(work_dir) / f"{name}_w{n_workers}"
+        if path.exists():
+            shutil.rmtree(path)
+        t0 = time.perf_counter()
+        distribute_kernel(
+            functools.partial(bench_problem, n),
+            path=path,
+            n_workers=n_workers,
+            kind=kind,
+            block_size=block_size,
+            cpus_per_worker=1,
+            progress=sys.stderr.isatty(),
+            executor=submitit.LocalExecutor(folder=Path(work_dir) / f"{name}_jobs"),
+        )
+        seconds = time.perf_counter() - t0
+        blocks = done_blocks(path)
+        block_s = [
+            json.loads((path / "done" / f"{i}.{j}").read_text())["seconds"] for i, j in blocks
+        ]
+        k = open_kernel(path)
+        apply_fn, params, x, _ = bench_problem(n)
+        results.append(
+            {
+                "row": name,
+                "kind": kind,
+                "n": n,
+                "block_size": block_size,
+                "n_workers": n_workers,
+                "cores_per_worker": 1,
+                "implementation": k.meta["info"]["resolved_implementation"],
+                "blocks": len(blocks),
+                "seconds": seconds,
+                "block_seconds_median": float(np.median(block_s)),
+                "block_seconds_sum": float(np.sum(block_s)),
+                "entries_per_s": n * n / seconds,
+                "bytes_on_disk": sum(
+                    f.stat().st_size for f in (path / "kernel.zarr").iterdir() if f.is_file()
+                ),
+                "spot_check_max_rel_err": _spot_check(k, apply_fn, params, x, kind, n),
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(Path(work_dir) / f"{name}_jobs", ignore_errors=True)
+    base = results[0]["seconds"]
+    for r in results:
+        r["speedup"] = base / r["seconds"]
+    return results
+
+
+def run_in_memory_row(name: str) -> dict:
+    """``ntk.kernel`` of ``[N, N]`` in one call, in this process pinned to one core (call it
+    in a fresh subprocess: the pinning must precede JAX's start)."""
+    from ntk.workers import _limit_cpus
+
+    _limit_cpus([0])
+    import jax
+
+    from ntk.kernels.api import kernel
+
+    row = IN_MEMORY_ROWS[name]
+    apply_fn, params, x, _ = bench_problem(row["n"])
+    jax.block_until_ready(x)
+    t0 = time.perf_counter()
+    k = jax.block_until_ready(kernel(apply_fn, params, x, kind=row["kind"]))
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    k = jax.block_until_ready(kernel(apply_fn, params, x, kind=row["kind"]))
+    warm = time.perf_counter() - t0
+    n = row["n"]
+    return {
+        "row": name,
+        "kind": row["kind"],
+        "n": n,
+        "n_workers": 1,
+        "cores_per_worker": 1,
+        "seconds": cold,
+        "warm_seconds": warm,
+        "entries_per_s": n * n / cold,
+        "warm_entries_per_s": n * n / warm,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "spot_check_max_rel_err": _spot_check(np.asarray(k), apply_fn, params, x, row["kind"], n),
+    }
 
 
 def run_row(name: str, work_dir: str | os.PathLike, block_size: int | None = None) -> dict:
     """Streams one row's kernel in this process and measures it (call it in a subprocess)."""
     import jax
 
-    from ntk.bench import MODELS
     from ntk.kernels.api import kernel
     from ntk.stream import stream_kernel
 
     row = ROWS[name]
     block_size = block_size or row["block_size"]
-    apply_fn, params, shape = MODELS["mlp"](WIDTH, O, d_in=D_IN)
-    x = jax.random.normal(jax.random.key(1), (row["n"], *shape))
+    apply_fn, params, x, _ = bench_problem(row["n"])
     jax.block_until_ready((params, x))
     out_dir = Path(work_dir) / name
     if out_dir.exists():
@@ -106,7 +249,7 @@ def run_row(name: str, work_dir: str | os.PathLike, block_size: int | None = Non
 
 def run_scale_bench(
     out_dir: str | os.PathLike,
-    rows: tuple[str, ...] = ("pntk_20k", "pntk_50k", "entk_2k"),
+    rows: tuple[str, ...] = DEFAULT_ROWS,
     *,
     work_dir: str | os.PathLike | None = None,
     keep: bool = False,
@@ -117,7 +260,7 @@ def run_scale_bench(
 
     Args:
       out_dir: where the results go (created).
-      rows: names from :data:`ROWS`.
+      rows: names from :data:`ROWS`, :data:`WORKER_ROWS` and :data:`IN_MEMORY_ROWS`.
       work_dir: where the kernels are streamed (default ``out_dir/kernels``); needs the
         disk space of the largest row (10 GB for ``pntk_50k``).
       keep: keep the kernel files (default: each is deleted after its row).
@@ -127,15 +270,22 @@ def run_scale_bench(
     Returns:
       One dict per row (see :func:`run_row`).
     """
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
-        raise ValueError(f"rows: unknown {unknown}; valid: {sorted(ROWS)}")
+        raise ValueError(f"rows: unknown {unknown}; valid: {sorted(ALL_ROWS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir is not None else out_dir / "kernels"
     work.mkdir(parents=True, exist_ok=True)
     results = []
+    scaling = []
     for name in rows:
+        if name in WORKER_ROWS:
+            try:
+                scaling += run_workers_row(name, work, keep=keep)
+            except Exception as e:  # a failed row is reported, the others still run
+                scaling.append({"row": name, "error": f"{type(e).__name__}: {e}"[-2000:]})
+            continue
         cmd = [sys.executable, "-m", "ntk.bench_scale", "--child", name, "--work", str(work)]
         if block_size is not None:
             cmd += ["--block-size", str(block_size)]
@@ -151,12 +301,15 @@ def run_scale_bench(
             res = {"row": name, "error": f"timed out after {timeout_s} s"}
         if not keep:
             shutil.rmtree(work / name, ignore_errors=True)
-        results.append(res)
         print(json.dumps(res), flush=True)
+        (scaling if name in IN_MEMORY_ROWS else results).append(res)
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": sys.version}
     with open(out_dir / "bench_scale.json", "w") as f:
-        json.dump({"info": info, "rows": results}, f, indent=1)
-    (out_dir / "bench_scale.md").write_text(markdown_table(results))
+        json.dump({"info": info, "rows": results, "scaling": scaling}, f, indent=1)
+    md = markdown_table(results) if results else ""
+    if scaling:
+        md += ("\n" if md else "") + scaling_table(scaling)
+    (out_dir / "bench_scale.md").write_text(md)
     if not keep and work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return results
@@ -180,15 +333,39 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scaling_table(results: list[dict]) -> str:
+    lines = [
+        "| row | N | workers × cores | blocks | time | entries/s | speedup | median block | "
+        "spot-check rel. err |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['row']} | error: {r['error'][-120:]!r} | | | | | | | |")
+            continue
+        blocks = r.get("blocks", "in memory")
+        median = f"{r['block_seconds_median']:.1f} s" if "block_seconds_median" in r else ""
+        speedup = f"{r['speedup']:.2f}×" if "speedup" in r else ""
+        lines.append(
+            f"| {r['row']} | {r['n']:,} | {r['n_workers']} × {r['cores_per_worker']} | "
+            f"{blocks} | {r['seconds']:.0f} s | {r['entries_per_s'] / 1e6:.1f} M | {speedup} | "
+            f"{median} | {r['spot_check_max_rel_err']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="results directory")
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=sorted(ROWS))
+    ap.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=sorted(ALL_ROWS))
     ap.add_argument("--work", help="where kernels are streamed (default OUT/kernels)")
     ap.add_argument("--keep", action="store_true", help="keep the kernel files")
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child in IN_MEMORY_ROWS:
+        print(json.dumps(run_in_memory_row(args.child)), flush=True)
+        return
     if args.child:
         print(json.dumps(run_row(args.child, args.work, args.block_size)), flush=True)
         return

@@ -257,6 +257,8 @@ def extreme_eigenvalues(
     """
     if _is_stored(apply_fn):
         return _stored_eigenvalues(apply_fn, params, x, k=k, tol=tol, maxiter=maxiter, seed=seed)
+    if params is None or x is None:
+        raise TypeError("params, x: required with an apply_fn (omit them only for a stored kernel)")
     o, dtype = _check_common(apply_fn, params, x, batch_size, kind)
     n = int(x.shape[0])
     shape_v = (n, o) if kind == "entk" else (n,)

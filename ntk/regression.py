@@ -102,16 +102,27 @@ def kernel_regression(
     *,
     ridge: float = 0.0,
     on_singular: str = "lstsq",
+    tol: float = 1e-8,
+    maxiter: int | None = None,
 ) -> np.ndarray:
     """Kernel-regression predictions ``K*(K + ridge·mean(diag K)·I)⁻¹ Y``.
 
+    ``k_train`` (and ``k_test_train``) may be stored kernels (:func:`ntk.open_kernel`), for
+    kernels larger than memory: the system is then solved by Jacobi-preconditioned conjugate
+    gradients in float64, all target columns at once, each iteration streaming the store once
+    (one block in memory); ``mean(diag K)`` and the preconditioner come from the diagonal
+    blocks. A ``RuntimeError`` reports a true relative residual above ``10·tol``.
+
     Args:
       k_train: ``[N, N, O, O]`` eNTK (an NO×NO system, targets flattened sample-major) or an
-        ``[N, N]`` kernel (one N×N system solved for all O outputs at once).
-      k_test_train: ``[M, N, O, O]`` or ``[M, N]``, matching ``k_train``.
+        ``[N, N]`` kernel (one N×N system solved for all O outputs at once); an array or a
+        stored kernel (computed with ``x2=None``).
+      k_test_train: ``[M, N, O, O]`` or ``[M, N]``, matching ``k_train``; array or stored.
       y_train: ``[N, O]`` targets (e.g. one-hot labels).
       ridge: relative ridge ≥ 0 (see the module docstring).
-      on_singular: ``"lstsq"`` or ``"raise"`` (see the module docstring).
+      on_singular: ``"lstsq"`` or ``"raise"`` (see the module docstring; direct solves only).
+      tol: relative residual of conjugate gradients (stored ``k_train`` only).
+      maxiter: its iteration limit (stored ``k_train`` only; default 1000).
 
     Returns:
       ``[M, O]`` predictions (float64).
@@ -120,6 +131,10 @@ def kernel_regression(
         raise ValueError(f"on_singular: unknown value {on_singular!r}; valid: {_ON_SINGULAR}")
     if not np.isfinite(ridge) or ridge < 0:
         raise ValueError(f"ridge: must be a finite number >= 0, got {ridge!r}")
+    if _is_stored(k_train):
+        return _stored_regression(k_train, k_test_train, y_train, ridge, tol, maxiter)
+    if _is_stored(k_test_train):
+        raise TypeError("k_test_train: stored, but k_train is in memory; store both or neither")
     kt, ks, o = _flatten_kernels(k_train, k_test_train)
     n = kt.shape[0] if o is None else kt.shape[0] // o
     y = _check_targets(y_train, n, o)
@@ -127,6 +142,95 @@ def kernel_regression(
         return ks @ _solve(kt, y, ridge, on_singular)
     m = ks.shape[0] // o
     return (ks @ _solve(kt, y.reshape(-1, 1), ridge, on_singular)).reshape(m, o)
+
+
+def _is_stored(k: Any) -> bool:
+    """A stored kernel (:class:`ntk.store.StoredKernel`), told apart without importing it."""
+    return not callable(k) and hasattr(k, "matvec") and hasattr(k, "block_size")
+
+
+def _stored_regression(kt, ks, y_train, ridge, tol, maxiter) -> np.ndarray:
+    """``K*(K + λI)⁻¹ Y`` with K a stored kernel: preconditioned CG, all columns at once."""
+    shape = tuple(kt.shape)
+    if len(shape) == 2 and shape[0] == shape[1]:
+        n, o = shape[0], None
+    elif len(shape) == 4 and shape[0] == shape[1] and shape[2] == shape[3]:
+        n, o = shape[0], shape[2]
+    else:
+        raise ValueError(f"k_train: expected a stored [N, N] or [N, N, O, O] kernel, got {shape}")
+    if not kt.symmetric:
+        raise ValueError("k_train: a stored training kernel must be computed with x2=None")
+    if not (np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol: must be a positive number, got {tol!r}")
+    ks_shape = tuple(np.shape(ks)) if not _is_stored(ks) else tuple(ks.shape)
+    want = (n,) if o is None else (n, o, o)
+    if len(ks_shape) != len(shape) or ks_shape[1:] != want:
+        raise ValueError(
+            f"k_test_train: expected [M, {', '.join(map(str, want))}] to match k_train "
+            f"{shape}, got {ks_shape}"
+        )
+    y = _check_targets(y_train, n, o)
+    d = kt.diagonal().astype(np.float64)  # [N] or [N, O, O]
+    d = d if o is None else np.diagonal(d, axis1=1, axis2=2)  # [N, O]
+    lam = ridge * float(np.mean(d))
+    rhs = y if o is None else y.reshape(n, o, 1)  # one column per output, or the NO vector
+
+    def a_op(v):
+        return kt.matvec(v) + lam * v
+
+    dd = (d + lam) if o is None else (d + lam)[:, :, None]
+    if o is None:
+        dd = dd[:, None]
+    inv_d = np.where(dd > 0, 1.0 / np.where(dd > 0, dd, 1.0), 1.0)
+    maxiter = 1000 if maxiter is None else maxiter
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer):
+        raise TypeError(f"maxiter: expected a positive int, got {maxiter!r}")
+    if maxiter <= 0:
+        raise ValueError(f"maxiter: must be a positive int, got {maxiter}")
+    alpha = _pcg(a_op, rhs, inv_d, tol, maxiter)
+    b_norm = np.linalg.norm(rhs.reshape(-1, rhs.shape[-1]), axis=0)
+    res = np.linalg.norm((rhs - a_op(alpha)).reshape(-1, rhs.shape[-1]), axis=0)
+    rel = float(np.max(res / np.where(b_norm > 0, b_norm, 1.0)))
+    if not np.isfinite(rel) or rel > 10 * tol:
+        raise RuntimeError(
+            f"kernel_regression: conjugate gradients on the stored kernel did not converge "
+            f"(N={n}, maxiter={maxiter}): relative residual {rel:.3e} > 10·tol = {10 * tol:.1e}. "
+            "Add a ridge or raise maxiter."
+        )
+    if _is_stored(ks):
+        pred = ks.matvec(alpha)
+    elif o is None:
+        pred = _f64("k_test_train", ks) @ alpha
+    else:
+        pred = np.einsum("mnop,npc->moc", _f64("k_test_train", ks), alpha)
+    return pred if o is None else pred.reshape(-1, o)
+
+
+def _pcg(a_op, b, inv_d, tol, maxiter) -> np.ndarray:
+    """Jacobi-preconditioned conjugate gradients for ``A x = b`` column by column (the last
+    axis of ``b``), with one ``a_op`` call per iteration for all columns."""
+    cols = b.shape[-1]
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = inv_d * r
+    p = z.copy()
+    rz = np.sum((r * z).reshape(-1, cols), axis=0)
+    b_norm = np.linalg.norm(b.reshape(-1, cols), axis=0)
+    b_norm = np.where(b_norm > 0, b_norm, 1.0)
+    for _ in range(maxiter):
+        if np.all(np.linalg.norm(r.reshape(-1, cols), axis=0) <= tol * b_norm):
+            break
+        ap = a_op(p)
+        pap = np.sum((p * ap).reshape(-1, cols), axis=0)
+        step = np.where(pap > 0, rz / np.where(pap > 0, pap, 1.0), 0.0)
+        x += step * p
+        r -= step * ap
+        z = inv_d * r
+        rz_new = np.sum((r * z).reshape(-1, cols), axis=0)
+        beta = np.where(rz > 0, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
+        p = z + beta * p
+        rz = rz_new
+    return x
 
 
 def linearized_prediction(

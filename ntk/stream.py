@@ -11,12 +11,17 @@ one block pair (and its transpose) in memory, whatever N is:
 * with ``x2=None`` only the upper-triangle blocks are computed; each off-diagonal block is
   written twice, as itself and transposed (``(1, 0)`` for 2-D kinds, ``(1, 0, 3, 2)`` for
   the 4-D eNTK, ``(1, 0, 2)`` for ``[N1, N2, O]``);
-* a finished block is ``fdatasync``-ed and only then recorded in ``out_dir/progress.json``
-  (written to a temporary file, fsync-ed, then ``os.replace``-d), so a killed run restarts
-  from the blocks it completed. ``out_dir/meta.json`` (also atomic) records what is being
-  computed; a resume with anything different is refused, naming the keys that differ.
+* a finished block is ``fdatasync``-ed and only then recorded, as one appended line
+  ``"i j\n"`` (fsync-ed) of ``out_dir/progress.log``: O(1) per block, so recording stays
+  cheap however many blocks there are, and a killed run restarts from the blocks it
+  completed (a torn last line is ignored). A finished run also writes the summary
+  ``out_dir/progress.json`` (atomically: temporary file, fsync, ``os.replace``).
+  ``out_dir/meta.json`` (also atomic) records what is being computed; a resume with
+  anything different is refused, naming the keys that differ.
 
-Why ``.npy`` and not zarr/HDF5: see ``docs/scale.md``.
+This is the single-process, single-file path. For many workers (processes, hosts, a SLURM
+array) writing one kernel, use the chunked store, :mod:`ntk.store` (which also exports
+``.npy``); see ``docs/scale.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ FORMAT = "ntk.stream/1"
 KERNEL_FILE = "kernel.npy"
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
+PROGRESS_LOG = "progress.log"
 LOCK_FILE = ".lock"
 
 # Keys of meta.json that describe the computation (compared on resume); "info" is not.
@@ -244,14 +250,26 @@ def _check_block_size(block_size: Any) -> None:
         raise ValueError(f"block_size: must be a positive int, got {block_size}")
 
 
-def _load_progress(path: Path, grid: list[tuple[int, int]]) -> set[tuple[int, int]]:
-    if not path.exists():
-        return set()
-    with open(path) as f:
-        done = {tuple(b) for b in json.load(f)["done"]}
+def read_progress(out_dir: str | os.PathLike) -> set[tuple[int, int]]:
+    """Blocks ``(i, j)`` recorded as complete in ``out_dir`` (``progress.log`` lines, and the
+    summary ``progress.json`` of a finished or older run); a torn last line is ignored."""
+    out_dir = Path(out_dir)
+    done: set[tuple[int, int]] = set()
+    with contextlib.suppress(FileNotFoundError), open(out_dir / PROGRESS_FILE) as f:
+        done |= {tuple(b) for b in json.load(f)["done"]}
+    with contextlib.suppress(FileNotFoundError), open(out_dir / PROGRESS_LOG, "rb") as f:
+        for line in f.read().split(b"\n")[:-1]:  # the last piece has no newline yet
+            parts = line.split()
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                done.add((int(parts[0]), int(parts[1])))
+    return done
+
+
+def _load_progress(out_dir: Path, grid: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    done = read_progress(out_dir)
     unknown = done - set(grid)
     if unknown:
-        raise ValueError(f"{path}: records blocks {sorted(unknown)[:5]} outside the block grid")
+        raise ValueError(f"{out_dir}: records blocks {sorted(unknown)[:5]} outside the block grid")
     return done
 
 
@@ -348,7 +366,11 @@ def stream_kernel(
             _check_same(stored, wanted, out_dir)
             name = stored.get(_INFO, {}).get("resolved_implementation", implementation)
         else:
-            leftovers = [p.name for p in (path, out_dir / PROGRESS_FILE) if p.exists()]
+            leftovers = [
+                p.name
+                for p in (path, out_dir / PROGRESS_FILE, out_dir / PROGRESS_LOG)
+                if p.exists()
+            ]
             if leftovers:
                 raise ValueError(
                     f"out_dir {str(out_dir)!r} holds {leftovers} but no {META_FILE}; refusing "
@@ -373,8 +395,9 @@ def stream_kernel(
         grid = block_grid(n1, n2, block_size, symmetric)
         progress_path = out_dir / PROGRESS_FILE
         if not path.exists():
-            if progress_path.exists():  # the kernel file was removed: start again
-                os.remove(progress_path)
+            for stale in (progress_path, out_dir / PROGRESS_LOG):  # the kernel file was
+                if stale.exists():  # removed: start again
+                    os.remove(stale)
             _create_npy(path, shape, out.dtype)
         file_shape, file_dtype, data_offset = npy_layout(path)
         if file_shape != shape or file_dtype != out.dtype:
@@ -382,8 +405,12 @@ def stream_kernel(
                 f"{path}: holds {file_shape} {file_dtype}, expected {shape} {out.dtype}; "
                 "the file does not match meta.json"
             )
-        done = _load_progress(progress_path, grid)
+        done = _load_progress(out_dir, grid)
         if len(done) == len(grid):
+            if not progress_path.exists():  # killed between its last block and the summary
+                _write_json_atomic(
+                    progress_path, {"done": sorted(done), "total": len(grid), "complete": True}
+                )
             return path
 
         entry_bytes = math.prod(shape[2:]) * out.dtype.itemsize
@@ -420,6 +447,8 @@ def stream_kernel(
             desc=f"stream {kind} {shape}",
         )
         fd = os.open(path, os.O_WRONLY)
+        log_fd = os.open(out_dir / PROGRESS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        sync = os.fdatasync if hasattr(os, "fdatasync") else os.fsync
         try:
             for i, j in grid:
                 if (i, j) in done:
@@ -436,16 +465,18 @@ def stream_kernel(
                 if symmetric and i != j:
                     _write_block(fd, data_offset, n2, entry_bytes, blk.transpose(axes), s2, s1)
                 del blk
-                os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+                sync(fd)
+                os.write(log_fd, f"{i} {j}\n".encode())  # one small append: O(1) per block
+                sync(log_fd)
                 done.add((i, j))
-                _write_json_atomic(
-                    progress_path,
-                    {"done": sorted(done), "total": len(grid), "complete": len(done) == len(grid)},
-                )
                 bar.update(1)
                 if on_block is not None:
                     on_block(i, j)
         finally:
             os.close(fd)
+            os.close(log_fd)
             bar.close()
+        _write_json_atomic(
+            progress_path, {"done": sorted(done), "total": len(grid), "complete": True}
+        )
     return path

@@ -17,7 +17,14 @@ import pytest
 from _models import MODELS, inputs
 
 import ntk
-from ntk.stream import PROGRESS_FILE, block_grid, npy_layout, stream_kernel
+from ntk.stream import (
+    PROGRESS_FILE,
+    PROGRESS_LOG,
+    block_grid,
+    npy_layout,
+    read_progress,
+    stream_kernel,
+)
 
 TESTS = Path(__file__).parent
 
@@ -107,10 +114,9 @@ def test_resume_after_sigkill(tmp_path):
     script.write_text(textwrap.dedent(_CHILD.format(tests=str(TESTS), out=str(out))))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
-    progress_path = out / PROGRESS_FILE
     deadline = time.monotonic() + 120
     try:
-        while not progress_path.exists():
+        while not read_progress(out):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "child recorded no block in 120 s"
             time.sleep(0.05)
@@ -120,9 +126,10 @@ def test_resume_after_sigkill(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    done = {tuple(b) for b in json.loads(progress_path.read_text())["done"]}
+    done = read_progress(out)
     grid = block_grid(11, 11, 2, True)
     assert 1 <= len(done) < len(grid)
+    assert not (out / PROGRESS_FILE).exists()  # the summary is written only when complete
 
     apply_fn, params, x1, _ = case()
     computed = []
@@ -138,6 +145,8 @@ def test_resume_after_sigkill(tmp_path):
     )
     assert not done & set(computed)  # the completed blocks were skipped
     assert done | set(computed) == set(grid)
+    assert read_progress(out) == set(grid)
+    assert json.loads((out / PROGRESS_FILE).read_text())["complete"]
     want = np.asarray(ntk.entk(apply_fn, params, x1))
     np.testing.assert_allclose(np.load(path, mmap_mode="r"), want, rtol=1e-10, atol=1e-12)
 
@@ -215,3 +224,26 @@ def test_kind_options_are_recorded(tmp_path):
             key=jax.random.key(4),
             n_projections=2,
         )
+
+
+def test_progress_is_appended_not_rewritten(tmp_path):
+    """Recording a block appends one line: the cost per block does not grow with the grid."""
+    apply_fn, params, x1, _ = case()
+    sizes = []
+    stream_kernel(
+        apply_fn,
+        params,
+        x1,
+        out_dir=tmp_path,
+        block_size=2,
+        progress=False,
+        on_block=lambda i, j: sizes.append((tmp_path / PROGRESS_LOG).stat().st_size),
+    )
+    grid = block_grid(11, 11, 2, True)
+    lines = (tmp_path / PROGRESS_LOG).read_text().splitlines()
+    assert lines == [f"{i} {j}" for i, j in grid]
+    assert sizes == list(np.cumsum([len(line) + 1 for line in lines]))
+    # a torn last line (a writer killed mid-append) is ignored; the block is redone
+    with open(tmp_path / PROGRESS_LOG, "a") as f:
+        f.write("9 9")
+    assert read_progress(tmp_path) == set(grid)
