@@ -20,16 +20,31 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP) ## Create .venv from requirements.txt (rebuilt when it changes) and install ntk editable
 
-test: $(STAMP) ## Run the test suite (builds the venv first if needed)
-	$(PY) -m pytest
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.txt
 
-lint: $(STAMP) ## Lint and check formatting with ruff
-	$(VENV)/bin/ruff check ntk experiments tests
-	$(VENV)/bin/ruff format --check ntk experiments tests
+lock: ## Re-lock requirements.txt (hashes) for pyproject.toml, keeping the current pins
+	$(LOCK) -c requirements.txt
+
+lock-upgrade: ## Re-lock requirements.txt with the newest versions the constraints allow
+	$(LOCK) --upgrade
+
+test: $(STAMP) ## Lint, then the fast tests and doctests (builds the venv first if needed)
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP) ## The slow tests (end-to-end runs, notebooks, worker kills); CI runs them too
+	$(PY) -m pytest -m slow
+
+LINTED := ntk ntk_repro experiments tests benchmarks
+
+lint: $(STAMP) ## Lint and check formatting with ruff (every Python folder)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 format: $(STAMP) ## Format the code with ruff
-	$(VENV)/bin/ruff check --fix ntk experiments tests
-	$(VENV)/bin/ruff format ntk experiments tests
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 RUN := $(PY) experiments/train.py -m
 MLP_WIDTHS := 64,128,256,512,1024,2048
@@ -70,9 +85,9 @@ bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots i
 	$(PY) experiments/bench.py
 
 bench-scale: $(STAMP) ## Streamed pNTK N=20k/50k and eNTK N=2k to disk (needs ~12 GB free under /tmp)
-	$(PY) -m ntk.bench_scale --out results/bench_scale --work /tmp/ntk_bench_scale
+	$(PY) -m ntk_repro.bench_scale --out results/bench_scale --work /tmp/ntk_bench_scale
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install test lint format bench bench-scale clean reproduce report reproduce-paper fig-width fig-training fig-spectra fig-regression fig-cost
+.PHONY: help install lock lock-upgrade test test-slow lint format bench bench-scale clean reproduce report reproduce-paper fig-width fig-training fig-spectra fig-regression fig-cost

@@ -72,7 +72,7 @@ def make_mlp():
     keys = jax.random.split(jax.random.key(0), len(dims) - 1)
     params = [
         {"w": jax.random.normal(k, (a, b), jnp.float32), "b": jnp.zeros((b,), jnp.float32)}
-        for k, a, b in zip(keys, dims[:-1], dims[1:])
+        for k, a, b in zip(keys, dims[:-1], dims[1:], strict=True)
     ]
 
     def apply_fn(p, x):
@@ -242,9 +242,19 @@ def spawn(model: str, impl: int, output: str, args) -> dict:
 
 def _spawn(model: str, impl: int, output: str, args) -> dict:
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--child",
-        "--model", model, "--impl", str(impl), "--output", output,
-        "--repeats", str(args.repeats), "--max-first-s", str(args.max_first_s),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--model",
+        model,
+        "--impl",
+        str(impl),
+        "--output",
+        output,
+        "--repeats",
+        str(args.repeats),
+        "--max-first-s",
+        str(args.max_first_s),
     ]
     limit = args.max_rss_gb * 1e9
     t0 = time.perf_counter()
@@ -265,8 +275,12 @@ def _spawn(model: str, impl: int, output: str, args) -> dict:
         last = err.strip().splitlines()[-1][:300] if err.strip() else ""
         reason = f"exit {proc.returncode}: {last}"
     if reason is not None:
-        return {"skipped": reason, "compile_plus_first_s": None, "warm_median_s": None,
-                "peak_rss_bytes": peak or None}
+        return {
+            "skipped": reason,
+            "compile_plus_first_s": None,
+            "warm_median_s": None,
+            "peak_rss_bytes": peak or None,
+        }
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -274,8 +288,9 @@ def machine_info() -> dict:
     cpu = None
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                       None)
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None
+            )
     except OSError:
         pass
     mem = None
@@ -296,9 +311,11 @@ def machine_info() -> dict:
 
 def versions() -> dict:
     # Query in a child too, so the parent never imports tensorflow / jax itself.
-    code = ("import json, jax, jaxlib, numpy, neural_tangents as nt; print(json.dumps({"
-            "'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'numpy': numpy.__version__,"
-            "'neural_tangents': nt.__version__, 'backend': jax.default_backend()}))")
+    code = (
+        "import json, jax, jaxlib, numpy, neural_tangents as nt; print(json.dumps({"
+        "'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'numpy': numpy.__version__,"
+        "'neural_tangents': nt.__version__, 'backend': jax.default_backend()}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -307,16 +324,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="nt_baseline.json")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--impls", nargs="+", type=int, default=list(IMPLEMENTATIONS),
-                    choices=list(IMPLEMENTATIONS))
+    ap.add_argument(
+        "--impls", nargs="+", type=int, default=list(IMPLEMENTATIONS), choices=list(IMPLEMENTATIONS)
+    )
     ap.add_argument("--outputs", nargs="+", default=list(OUTPUTS), choices=OUTPUTS)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-rss-gb", type=float, default=8.0)
     ap.add_argument("--max-first-s", type=float, default=120.0)
-    ap.add_argument("--wait-quiet-s", type=float, default=0.0,
-                    help="before each measurement wait up to this long for an idle machine")
-    ap.add_argument("--timeout-s", type=float, default=300.0,
-                    help="per-subprocess wall clock (import + compile + warm runs)")
+    ap.add_argument(
+        "--wait-quiet-s",
+        type=float,
+        default=0.0,
+        help="before each measurement wait up to this long for an idle machine",
+    )
+    ap.add_argument(
+        "--timeout-s",
+        type=float,
+        default=300.0,
+        help="per-subprocess wall clock (import + compile + warm runs)",
+    )
     # child mode
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -329,12 +355,22 @@ def main() -> None:
         print(json.dumps(row))
         return
 
-    result = {"versions": versions(), "machine": machine_info(),
-              "settings": {"dtype": "float32", "jit": True, "vmap_axes": 0, "x2": None,
-                           "repeats": args.repeats, "max_rss_gb": args.max_rss_gb,
-                           "max_first_s": args.max_first_s, "timeout_s": args.timeout_s,
-                           "wait_quiet_s": args.wait_quiet_s},
-              "rows": []}
+    result = {
+        "versions": versions(),
+        "machine": machine_info(),
+        "settings": {
+            "dtype": "float32",
+            "jit": True,
+            "vmap_axes": 0,
+            "x2": None,
+            "repeats": args.repeats,
+            "max_rss_gb": args.max_rss_gb,
+            "max_first_s": args.max_first_s,
+            "timeout_s": args.timeout_s,
+            "wait_quiet_s": args.wait_quiet_s,
+        },
+        "rows": [],
+    }
     print(json.dumps(result["versions"]), file=sys.stderr)
     for model in args.models:
         for impl in args.impls:
@@ -342,19 +378,26 @@ def main() -> None:
                 if args.wait_quiet_s > 0:
                     wait_quiet(args.wait_quiet_s)
                 load = os.getloadavg()[0]
-                row = {"model": model, "implementation": impl,
-                       "implementation_name": IMPLEMENTATIONS[impl], "output": output,
-                       "loadavg_1min_before": load, **spawn(model, impl, output, args)}
+                row = {
+                    "model": model,
+                    "implementation": impl,
+                    "implementation_name": IMPLEMENTATIONS[impl],
+                    "output": output,
+                    "loadavg_1min_before": load,
+                    **spawn(model, impl, output, args),
+                }
                 result["rows"].append(row)
                 warm = row.get("warm_median_s")
                 first = row.get("compile_plus_first_s")
                 rss = row.get("peak_rss_bytes")
-                print(f"{model:4s} {IMPLEMENTATIONS[impl]:24s} {output:6s} "
-                      f"first={first if first is None else f'{first:.3f}s'} "
-                      f"warm={warm if warm is None else f'{warm * 1e3:.2f}ms'} "
-                      f"rss={rss if rss is None else f'{rss / 2**20:.0f}MiB'} "
-                      f"others={row['other_procs_cores']:.2f}cores {row.get('skipped') or ''}",
-                      file=sys.stderr)
+                print(
+                    f"{model:4s} {IMPLEMENTATIONS[impl]:24s} {output:6s} "
+                    f"first={first if first is None else f'{first:.3f}s'} "
+                    f"warm={warm if warm is None else f'{warm * 1e3:.2f}ms'} "
+                    f"rss={rss if rss is None else f'{rss / 2**20:.0f}MiB'} "
+                    f"others={row['other_procs_cores']:.2f}cores {row.get('skipped') or ''}",
+                    file=sys.stderr,
+                )
                 with open(args.out, "w") as fh:  # rewrite after every row: partial results survive
                     json.dump(result, fh, indent=1)
 

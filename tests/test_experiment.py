@@ -59,6 +59,7 @@ def smoke_runs(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.slow
 def test_presets_run_and_log_kernels(smoke_runs):
     _, runs = smoke_runs
     for name, run_dir in runs.items():
@@ -78,6 +79,7 @@ def test_presets_run_and_log_kernels(smoke_runs):
         assert f"relative_frobenius_error_{kind}" in cost
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_images_and_stays_in_run_dir(smoke_runs):
     _, runs = smoke_runs
     run_dir = runs["width_init"]
@@ -88,6 +90,7 @@ def test_wandb_offline_run_holds_images_and_stays_in_run_dir(smoke_runs):
     assert not (Path.cwd() / "wandb").exists()
 
 
+@pytest.mark.slow
 def test_report_has_every_figure_and_a_finite_summary(smoke_runs, tmp_path):
     root, _ = smoke_runs
     out = build_report(root, tmp_path)
@@ -115,6 +118,7 @@ def test_report_has_every_figure_and_a_finite_summary(smoke_runs, tmp_path):
     assert "agrees" in text
 
 
+@pytest.mark.slow
 def test_recompute_matches_numbers_logged_during_training(smoke_runs):
     _, runs = smoke_runs
     run_dir = runs["training"]
@@ -152,13 +156,18 @@ def test_paper_configs_compose():
     assert OmegaConf.to_container(cfg, resolve=True)["trainer"]["epochs"] == 0
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "submitit_slurm"])
+@pytest.mark.parametrize(
+    "launcher", ["basic", "joblib", "submitit_local", "submitit_slurm", "slurm"]
+)
 def test_launchers_compose(launcher):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert launcher.split("_")[-1].lower() in cfg.hydra.launcher._target_.lower()
+    if launcher == "slurm":  # the preset's own values on top of the plugin's schema
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 240
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled"}
     cmd = [

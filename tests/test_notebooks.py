@@ -10,6 +10,7 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+pytestmark = pytest.mark.slow  # each notebook starts a kernel and trains
 
 
 def _tiny_summary(path: Path) -> Path:

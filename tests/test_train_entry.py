@@ -75,6 +75,7 @@ SMOKE_PAIRS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "data"), SMOKE_PAIRS)
 def test_smoke_runs(tmp_path, model, data):
     cfg = _compose([f"model={model}", f"data={data}", "debug=smoke"])
@@ -115,6 +116,7 @@ RESUME_ARGS = [
 ]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -168,6 +170,7 @@ def _flat(tree):
         ("model=vgg", "Could not find 'model/vgg'"),
     ],
 )
+@pytest.mark.slow
 def test_cli_bad_input_fails_with_message(tmp_path, override, message):
     result = subprocess.run(
         _command(tmp_path / "out", "debug=smoke", override),

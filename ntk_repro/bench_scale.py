@@ -30,7 +30,7 @@ Goal: 2 workers at least 1.7 times the throughput of 1. Throughputs are kernel e
 second of wall time (job start-up, compiles and writes included), so the streamed rows and
 the in-memory row compare directly.
 
-Run: ``python -m ntk.bench_scale --out DIR [--rows pntk_20k entk_2k] [--work DIR] [--keep]``.
+Run: ``python -m ntk_repro.bench_scale --out DIR [--rows pntk_20k entk_2k] [--work DIR] [--keep]``.
 Writes ``DIR/bench_scale.json`` and ``DIR/bench_scale.md``; the kernels go to ``--work``
 (default ``DIR/kernels``) and are deleted after each row unless ``--keep``.
 """
@@ -286,7 +286,7 @@ def run_scale_bench(
             except Exception as e:  # a failed row is reported, the others still run
                 scaling.append({"row": name, "error": f"{type(e).__name__}: {e}"[-2000:]})
             continue
-        cmd = [sys.executable, "-m", "ntk.bench_scale", "--child", name, "--work", str(work)]
+        cmd = [sys.executable, "-m", "ntk_repro.bench_scale", "--child", name, "--work", str(work)]
         if block_size is not None:
             cmd += ["--block-size", str(block_size)]
         try:
