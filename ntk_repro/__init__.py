@@ -14,3 +14,7 @@ The study imports the library, never the reverse. Modules:
 
 The entry points are the Hydra scripts in ``experiments/`` and the ``make`` targets.
 """
+
+from ntk_repro.config import register_schemas
+
+register_schemas()

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from ntk_repro import checkpoint as ckpt
+from ntk_repro.config import group_defaults
 from ntk_repro.data import LOADERS, Dataset, load_dataset, reshape_for
 from ntk_repro.models import MODELS, build_model, init_model, kernel_apply_fn
 
@@ -52,7 +53,6 @@ __all__ = [
     "LOSSES",
     "OPTIMIZERS",
     "SCHEDULES",
-    "TRAINER_DEFAULTS",
     "CheckpointEvent",
     "TrainResult",
     "TrainState",
@@ -69,20 +69,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Defaults for keys `trainer` may leave out (conf/trainer/default.yaml sets them all).
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "epochs": 10,
-    "batch_size": 64,
-    "eval_batch_size": 1024,
-    "train_eval_size": 2048,
-    "loss": "cross_entropy",
-    "checkpoint_epochs": [0],
-    "checkpoint_every": None,
-    "eval_every": 1,
-    "progress": "auto",
-}
-
 
 # --- losses, schedules, optimisers -------------------------------------------------------
 
@@ -290,11 +276,12 @@ def checkpoint_epochs(trainer_cfg: Mapping[str, Any]) -> list[int]:
 
 
 def resolve_config(cfg: DictConfig | Mapping) -> dict:
-    """A plain nested dict of the resolved config, with trainer defaults filled in."""
+    """A plain nested dict of the resolved config, with the keys ``trainer`` leaves out taken
+    from ``conf/trainer/default.yaml`` (the one place the defaults live)."""
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
-    cfg["trainer"] = {**TRAINER_DEFAULTS, **cfg.get("trainer", {})}
+    cfg["trainer"] = {**group_defaults("trainer"), **cfg.get("trainer", {})}
     cfg.setdefault("seed", 0)
     cfg.setdefault("logger", {"name": "none"})
     return cfg

@@ -182,3 +182,35 @@ def test_cli_bad_input_fails_with_message(tmp_path, override, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "message"),
+    [
+        ("trainer:\n  epochz: 3\n", "epochz"),  # a misspelt key in a YAML file
+        ("trainer:\n  epochs: many\n", "epochs"),  # a value of the wrong type
+        ("optimizer:\n  momentun: 0.5\n", "momentun"),
+        ("optimizer:\n  nesterov: maybe\n", "nesterov"),
+        ("logger:\n  mode: offline\n", None),  # a good preset composes
+    ],
+)
+def test_schemas_check_keys_and_types_at_composition(tmp_path, preset, message):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "experiment" / "probe.yaml").write_text("# @package _global_\n" + preset)
+    overrides = ["experiment=probe", "logger=wandb"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        if message is None:
+            assert compose(config_name="train", overrides=overrides).logger.mode == "offline"
+            return
+        with pytest.raises(Exception, match=message):
+            compose(config_name="train", overrides=overrides)
+
+
+def test_python_api_defaults_are_the_yaml_defaults():
+    """train(dict) fills trainer keys from conf/trainer/default.yaml, not from a Python copy."""
+    yaml_cfg = OmegaConf.to_container(_compose([]), resolve=True)["trainer"]
+    resolved = resolve_config({"model": {"name": "mlp"}, "trainer": {}})["trainer"]
+    assert resolved == yaml_cfg
