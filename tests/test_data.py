@@ -2,6 +2,7 @@
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,5 +198,8 @@ def test_tfds_missing_data_dir_fails_fast_with_instructions(name, tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_registry_names():
-    assert set(LOADERS) == {"digits", "mnist1d", "synthetic", "mnist", "cifar10"}
+def test_every_registered_dataset_has_a_config_and_unknown_names_fail():
+    conf = Path(__file__).resolve().parents[1] / "ntk_repro" / "conf" / "data"
+    assert set(LOADERS) == {p.stem for p in conf.glob("*.yaml")}
+    with pytest.raises(ValueError, match=r"dataset: unknown value 'digitz'.*'digits'"):
+        load_dataset("digitz")

@@ -203,10 +203,21 @@ def test_second_call_does_not_recompile():
     assert n[0] == 0
 
 
-def test_auto_picks_a_registered_implementation():
-    apply_fn, params, x1, x2, _ = case("mlp", True)
+def test_auto_picks_the_cheapest_by_its_cost_models_and_is_exact():
+    from ntk.kernels.api import forward_flops
+
+    apply_fn, params, x1, x2, ref = case("mlp", True)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    p = sum(a.size for a in jax.tree_util.tree_leaves(params))
+    fp = forward_flops(apply_fn, params, x1)
+    ctx = dict(apply_fn=apply_fn, params=params, x1=x1, x2=x2)
+    costs = {
+        name: impl.cost(n1=n1, n2=n2, k=3, p=p, fp=fp, diag=False, **ctx)
+        for name, impl in ntk.IMPLEMENTATIONS.items()
+    }
     name = ntk.choose_implementation(apply_fn, params, x1, x2, 3, False)
-    assert name in ntk.IMPLEMENTATIONS
+    assert costs[name] == min(costs.values())
+    np.testing.assert_allclose(ntk.entk(apply_fn, params, x1, x2), ref, rtol=1e-10)
 
 
 # --- Flax adapters ----------------------------------------------------------------------

@@ -57,7 +57,13 @@ def test_spectra_roundoff_negatives_are_reported_and_clipped():
     e = random_psd_entk(6, 2, p=3)
     out = ntk.compare_spectra(e, e.sum(axis=(2, 3)) / 2)
     assert out["eig_entk"].min() >= 0.0
-    assert out["n_roundoff_negative"] >= 0
+    m, a = ntk.as_matrix(e), e.sum(axis=(2, 3)) / 2
+    raw = np.linalg.eigvalsh(0.5 * (m + m.T))
+    raw_a = np.linalg.eigvalsh(0.5 * (a + a.T))
+    assert (raw < 0).any()  # the case under test: round-off negatives exist
+    # counted over Θ and over A ⊗ I_O (each eigenvalue of A repeated O = 2 times)
+    assert out["n_roundoff_negative"] == int((raw < 0).sum() + 2 * (raw_a < 0).sum())
+    np.testing.assert_array_equal(out["eig_entk"], np.clip(raw, 0.0, None))
     bad = e - 5.0 * np.eye(6)[:, :, None, None] * np.eye(2)
     with pytest.raises(ValueError, match="not PSD"):
         ntk.compare_spectra(bad, e.sum(axis=(2, 3)) / 2)

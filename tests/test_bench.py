@@ -1,0 +1,59 @@
+"""One-case smoke runs of the benchmark suites: every model, the API-overhead case, the
+tables. Numbers are not asserted (timings live in the benchmarks), only their sanity."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ntk_repro import bench, bench_scale
+
+MACHINE = {
+    "description": "test",
+    "platform": "cpu",
+    "device": "cpu",
+    "jax": "x",
+    "repeats": 1,
+    "gemm": {"jax_gflops": 1.0, "numpy_gflops": 1.0},
+}
+
+
+@pytest.mark.parametrize("model", sorted(bench.MODELS))
+@pytest.mark.parametrize("implementation", ["jacobian", "structured", "auto"])
+def test_bench_case_runs_and_reports(model, implementation):
+    case = dict(section="models", model=model, n=3, width=4, o=2, kind="entk", repeats=1)
+    row = bench.run_case({**case, "implementation": implementation})
+    assert row["chosen"] in ("jacobian", "ntk_vp", "structured")
+    if implementation != "auto":
+        assert row["chosen"] == implementation
+    assert row["warm_median_s"] > 0 and row["first_call_s"] >= row["compile_s"] >= 0
+    assert row["flops"] > 0 and math.isfinite(row["gflops_per_s"])
+    table = bench.markdown({"machine": MACHINE, "rows": [row], "slopes": {}})
+    assert f"| {model} | 3 | entk |" in table
+
+
+def test_overhead_case_and_its_table():
+    case = dict(section="overhead", model="mlp", n=4, width=8, o=3, kind="pntk")
+    row = bench.run_case({**case, "implementation": "structured", "calls": 3})
+    for key in ("caller_jit_s", "kernel_fn_s", "kernel_s"):
+        assert row[key] > 0
+    assert row["kernel_fn_ratio"] == pytest.approx(row["kernel_fn_s"] / row["caller_jit_s"])
+    table = bench.markdown({"machine": MACHINE, "rows": [row], "slopes": {}})
+    assert "Per-call overhead of the API" in table and "| mlp | 4 | pntk | structured |" in table
+
+
+def test_slopes_fit_a_known_power_law():
+    rows = [
+        {"section": "scale_n", "implementation": "jacobian", "n": n, "warm_median_s": 3e-3 * n**2}
+        for n in (8, 16, 32, 64)
+    ]
+    got = bench.slopes(rows)["jacobian"]["n"]
+    assert got["slope"] == pytest.approx(2.0) and got["slope_top_half"] == pytest.approx(2.0)
+
+
+def test_scale_bench_row_streams_a_correct_kernel(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_scale.ROWS, "tiny", dict(kind="pntk", n=70, block_size=32))
+    row = bench_scale.run_row("tiny", tmp_path)
+    assert row["shape"] == [70, 70] and row["spot_check_max_rel_err"] < 1e-10
+    assert np.isfinite(row["seconds"])
+    assert "tiny" in bench_scale.markdown_table([row])
