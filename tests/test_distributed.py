@@ -53,6 +53,8 @@ print("ok", process_id, flush=True)
 jax.distributed.shutdown()
 """
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -53,6 +53,7 @@ print(json.dumps(info))
 """
 
 
+@pytest.mark.slow
 def test_sharded_over_4_host_devices_equals_one_device(tmp_path):
     npz = tmp_path / "out.npz"
     script = tmp_path / "child.py"

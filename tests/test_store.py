@@ -251,6 +251,7 @@ class _DieOnce:
             time.sleep(60)
 
 
+@pytest.mark.slow
 def test_three_workers_one_killed_mid_block(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
     from ntk.workers import distribute_kernel
@@ -318,6 +319,7 @@ for k in range(10_000):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_never_tear_a_chunk(tmp_path):
     """Two processes rewrite the same 2 MB chunk as fast as they can while it is read; one is
     SIGKILLed mid-stream. Every read, and the final state, is one whole write."""

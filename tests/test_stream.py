@@ -108,6 +108,7 @@ stream_kernel(apply_fn, params, x1, out_dir={out!r}, kind="entk", block_size=2,
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "k"
     script = tmp_path / "child.py"

@@ -60,6 +60,7 @@ def test_mlp_on_digits_learns(tmp_path):
     assert ckpt.checkpoint_epochs_saved(tmp_path) == [0, 1, 2, 6]
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_and_different_seed_differs(tmp_path):
     a = train(_cfg(), tmp_path / "a")
     b = train(_cfg(), tmp_path / "b")
@@ -87,6 +88,7 @@ def _interrupt_at(epoch):
 ADAM = {"name": "adam", "learning_rate": 1e-3, "schedule": "warmup_cosine", "warmup_epochs": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "optimizer"),
     [
