@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk.checks import check_choice  # noqa: F401  (one validator; kept here for the kernels)
+
 
 def is_traced(x: Any) -> bool:
     """True when ``x`` is an abstract value inside a JAX transformation (no concrete data)."""
@@ -102,11 +104,6 @@ def check_inputs(x1: Any, x2: Any) -> None:
             f"x1 and x2: per-example shapes differ: x1 {describe(x1)} vs x2 {describe(x2)} "
             "(only the batch dimension may differ)"
         )
-
-
-def check_choice(name: str, value: Any, registry) -> None:
-    if value not in registry:
-        raise ValueError(f"{name}: unknown value {value!r}; valid: {sorted(registry)}")
 
 
 def check_batch_size(batch_size: Any) -> None:
