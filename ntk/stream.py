@@ -1,13 +1,13 @@
 """Kernels larger than memory: computed in blocks and streamed to one ``.npy`` file on disk.
 
 :func:`stream_kernel` writes ``out_dir/kernel.npy``, the full ``[N1, N2, ...]`` kernel, in
-row-major ``.npy`` format (load it with ``np.load(path, mmap_mode="r")``). It holds at most
-one block pair (and its transpose) in memory, whatever N is:
+row-major ``.npy`` format (load it with ``np.load(path, mmap_mode="r")``). The kernel is
+never held in memory: besides the inputs and the model, one block (and its transpose) is:
 
 * the file is created once (header + a sparse ``ftruncate`` to its full size) and never
   memory-mapped for writing; every block row-segment goes to its byte offset with
   ``os.pwrite``. Written pages are page cache, not resident memory of this process, so the
-  peak RSS is that of the model and one block, not of the kernel;
+  peak RSS is that of the inputs, the model and one block's computation, not of the kernel;
 * with ``x2=None`` only the upper-triangle blocks are computed; each off-diagonal block is
   written twice, as itself and transposed (``(1, 0)`` for 2-D kinds, ``(1, 0, 3, 2)`` for
   the 4-D eNTK, ``(1, 0, 2)`` for ``[N1, N2, O]``);
@@ -15,9 +15,9 @@ one block pair (and its transpose) in memory, whatever N is:
   ``"i j\n"`` (fsync-ed) of ``out_dir/progress.log``: O(1) per block, so recording stays
   cheap however many blocks there are, and a killed run restarts from the blocks it
   completed (a torn last line is ignored). A finished run also writes the summary
-  ``out_dir/progress.json`` (atomically: temporary file, fsync, ``os.replace``).
-  ``out_dir/meta.json`` (also atomic) records what is being computed; a resume with
-  anything different is refused, naming the keys that differ.
+  ``out_dir/progress.json`` (atomically, with :mod:`ntk.atomic`). ``out_dir/meta.json``
+  (also atomic) records what is being computed; a resume with anything different is
+  refused, naming the keys that differ.
 
 This is the single-process, single-file path. For many workers (processes, hosts, a SLURM
 array) writing one kernel, use the chunked store, :mod:`ntk.store` (which also exports
@@ -27,7 +27,6 @@ array) writing one kernel, use the chunked store, :mod:`ntk.store` (which also e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -38,9 +37,24 @@ from typing import Any
 import jax
 import numpy as np
 
-from ntk.kernels import _checks
-from ntk.kernels.api import KINDS, _resolve, kernel, prepare
-from ntk.kernels.model import pad_rows as _pad_rows
+from ntk import atomic, blocks
+from ntk.adapters import ApplyFn
+from ntk.blocks import array_digest, block_grid  # re-exported
+
+__all__ = [
+    "FORMAT",
+    "KERNEL_FILE",
+    "META_FILE",
+    "PROGRESS_FILE",
+    "PROGRESS_LOG",
+    "NpyBlockWriter",
+    "allocate_npy",
+    "array_digest",
+    "block_grid",
+    "npy_layout",
+    "read_progress",
+    "stream_kernel",
+]
 
 FORMAT = "ntk.stream/1"
 KERNEL_FILE = "kernel.npy"
@@ -49,127 +63,20 @@ PROGRESS_FILE = "progress.json"
 PROGRESS_LOG = "progress.log"
 LOCK_FILE = ".lock"
 
-# Keys of meta.json that describe the computation (compared on resume); "info" is not.
-_INFO = "info"
+
+# --- the .npy file ----------------------------------------------------------------------------
 
 
-# --- hashing and metadata ------------------------------------------------------------------
-
-
-def _host_array(a: Any) -> np.ndarray:
-    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        a = jax.random.key_data(a)
-    return np.ascontiguousarray(np.asarray(a))
-
-
-def array_digest(*arrays: Any) -> str:
-    """sha256 of the dtypes, shapes and bytes of ``arrays`` (pytrees allowed), in order."""
-    h = hashlib.sha256()
-    for tree in arrays:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        h.update(str(treedef).encode())
-        for leaf in leaves:
-            a = _host_array(leaf)
-            h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(memoryview(a).cast("B") if a.size else b"")
-    return h.hexdigest()
-
-
-def _fn_name(fn: Any) -> str:
-    while hasattr(fn, "func"):  # functools.partial
-        fn = fn.func
-    module = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{name}" if module else name
-
-
-def _plain(value: Any) -> Any:
-    """JSON form of a kind option: plain values as they are, arrays by their digest."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, np.integer | np.floating):
-        return value.item()
-    if isinstance(value, list | tuple) and all(
-        v is None or isinstance(v, bool | int | float | str) for v in value
-    ):
-        return list(value)
-    return {"sha256": array_digest(value)}
-
-
-def _meta(apply_fn, params, x1, x2, kind, implementation, block_size, shape, dtype, opts):
-    return {
-        "format": FORMAT,
-        "kind": kind,
-        "implementation": implementation,
-        "block_size": int(block_size),
-        "symmetric": x2 is None,
-        "shape": [int(s) for s in shape],
-        "dtype": np.dtype(dtype).str,
-        "x1_shape": [int(s) for s in x1.shape],
-        "x2_shape": None if x2 is None else [int(s) for s in x2.shape],
-        "params_sha256": array_digest(params),
-        "x1_sha256": array_digest(x1),
-        "x2_sha256": None if x2 is None else array_digest(x2),
-        "apply_fn": _fn_name(apply_fn),
-        "kind_options": {k: _plain(v) for k, v in sorted(opts.items())},
-    }
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v)
-    return s if len(s) <= 80 else s[:77] + "..."
-
-
-def _check_same(stored: dict, wanted: dict, out_dir: Path) -> None:
-    keys = sorted(k for k in set(stored) | set(wanted) if k != _INFO)
-    diff = [k for k in keys if stored.get(k) != wanted.get(k)]
-    if diff:
-        detail = "; ".join(
-            f"{k}: stored {_short(stored.get(k))}, requested {_short(wanted.get(k))}" for k in diff
-        )
-        raise ValueError(
-            f"out_dir {str(out_dir)!r} holds a different streamed kernel; refusing to resume. "
-            f"Differing keys: {diff} ({detail}). Use another out_dir or delete this one."
-        )
-
-
-# --- atomic files --------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every filesystem
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _create_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """An ``.npy`` of ``shape`` (zeros, sparse on disk), created atomically; never mapped."""
+def allocate_npy(f, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Writes an ``.npy`` header for ``shape``/``dtype`` to the open binary file ``f`` and
+    sizes the file (sparse zeros on disk; nothing is mapped or held in memory)."""
     header = {
         "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
         "fortran_order": False,
         "shape": tuple(shape),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        f.truncate(f.tell() + math.prod(shape) * np.dtype(dtype).itemsize)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    np.lib.format.write_array_header_1_0(f, header)
+    f.truncate(f.tell() + math.prod(shape) * np.dtype(dtype).itemsize)
 
 
 def npy_layout(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -194,18 +101,48 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-def _write_block(fd, data_offset, n2, entry_bytes, block, r0, c0) -> None:
-    """Writes ``block [R, C, ...]`` at rows ``r0:r0+R``, columns ``c0:c0+C`` of the file."""
-    block = np.ascontiguousarray(block)
-    rows, cols = block.shape[:2]
-    flat = memoryview(block).cast("B")
-    seg = cols * entry_bytes
-    if cols == n2:  # whole rows: one contiguous write
-        _pwrite_all(fd, flat, data_offset + r0 * n2 * entry_bytes)
-        return
-    for r in range(rows):
-        offset = data_offset + ((r0 + r) * n2 + c0) * entry_bytes
-        _pwrite_all(fd, flat[r * seg : (r + 1) * seg], offset)
+class NpyBlockWriter:
+    """Writes blocks ``[R, C, ...]`` of an existing ``[N1, N2, ...]`` ``.npy`` file in place
+    with ``os.pwrite`` (never memory-mapped). A context manager; ``sync`` makes the written
+    blocks durable."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.shape, self.dtype, self.offset = npy_layout(path)
+        self.entry_bytes = math.prod(self.shape[2:]) * self.dtype.itemsize
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, block: np.ndarray, r0: int, c0: int) -> None:
+        """Writes ``block [R, C, ...]`` at rows ``r0:r0+R``, columns ``c0:c0+C``."""
+        block = np.ascontiguousarray(block)
+        rows, cols = block.shape[:2]
+        n2 = self.shape[1]
+        flat = memoryview(block).cast("B")
+        seg = cols * self.entry_bytes
+        if cols == n2:  # whole rows: one contiguous write
+            _pwrite_all(self.fd, flat, self.offset + r0 * n2 * self.entry_bytes)
+            return
+        for r in range(rows):
+            offset = self.offset + ((r0 + r) * n2 + c0) * self.entry_bytes
+            _pwrite_all(self.fd, flat[r * seg : (r + 1) * seg], offset)
+
+    def sync(self) -> None:
+        _sync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> NpyBlockWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _sync(fd: int) -> None:
+    (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
+
+
+# --- the directory: lock, meta.json, progress ---------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -227,27 +164,6 @@ def _locked(out_dir: Path):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-# --- the blocks ----------------------------------------------------------------------------
-
-
-def block_grid(n1: int, n2: int, block_size: int, symmetric: bool) -> list[tuple[int, int]]:
-    """Block indices ``(i, j)`` in computation order (upper triangle when symmetric)."""
-    b1 = math.ceil(n1 / block_size)
-    b2 = math.ceil(n2 / block_size)
-    return [(i, j) for i in range(b1) for j in range(b2) if not (symmetric and j < i)]
-
-
-def _transpose_axes(ndim: int) -> tuple[int, ...]:
-    return (1, 0, 3, 2) if ndim == 4 else (1, 0, *range(2, ndim))
-
-
-def _check_block_size(block_size: Any) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer):
-        raise TypeError(f"block_size: expected a positive int, got {block_size!r}")
-    if block_size <= 0:
-        raise ValueError(f"block_size: must be a positive int, got {block_size}")
 
 
 def read_progress(out_dir: str | os.PathLike) -> set[tuple[int, int]]:
@@ -273,8 +189,80 @@ def _load_progress(out_dir: Path, grid: list[tuple[int, int]]) -> set[tuple[int,
     return done
 
 
+def _write_summary(out_dir: Path, done: set[tuple[int, int]], total: int) -> None:
+    summary = {"done": sorted(done), "total": total, "complete": True}
+    atomic.write_json(out_dir / PROGRESS_FILE, summary, sort_keys=True)
+
+
+def _meta_or_create(out_dir: Path, plan: blocks.BlockPlan, apply_fn, params, kind_options) -> dict:
+    """``meta.json``: checked against the plan, or written (``"auto"`` resolved) if new."""
+    meta_path = out_dir / META_FILE
+    if meta_path.exists():
+        with open(meta_path) as f:
+            stored = json.load(f)
+        blocks.check_same(stored, plan.meta, out_dir)
+        return stored
+    files = (KERNEL_FILE, PROGRESS_FILE, PROGRESS_LOG)
+    leftovers = [name for name in files if (out_dir / name).exists()]
+    if leftovers:
+        raise ValueError(
+            f"out_dir {str(out_dir)!r} holds {leftovers} but no {META_FILE}; refusing "
+            "to overwrite. Use another out_dir or delete these files."
+        )
+    meta = {
+        **plan.meta,
+        blocks.INFO: blocks.resolve_implementation(apply_fn, params, plan, kind_options),
+    }
+    atomic.write_json(meta_path, meta, sort_keys=True)
+    return meta
+
+
+def _kernel_file(out_dir: Path, plan: blocks.BlockPlan) -> Path:
+    """``kernel.npy``, created (with fresh progress) if absent; its layout checked."""
+    path = out_dir / KERNEL_FILE
+    if not path.exists():
+        for stale in (out_dir / PROGRESS_FILE, out_dir / PROGRESS_LOG):  # the kernel file
+            if stale.exists():  # was removed: start again
+                os.remove(stale)
+        atomic.write_with(path, lambda f: allocate_npy(f, plan.shape, plan.dtype))
+    file_shape, file_dtype, _ = npy_layout(path)
+    if file_shape != plan.shape or file_dtype != plan.dtype:
+        raise ValueError(
+            f"{path}: holds {file_shape} {file_dtype}, expected {plan.shape} {plan.dtype}; "
+            "the file does not match meta.json"
+        )
+    return path
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def _stream_blocks(path, out_dir, plan, compute, done, bar, on_block) -> None:
+    """Computes the blocks not in ``done``; each is written, synced, then recorded."""
+    log_fd = os.open(out_dir / PROGRESS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        with NpyBlockWriter(path) as npy:
+            for i, j in plan.grid:
+                if (i, j) in done:
+                    continue
+                blk = blocks.compute_block(plan, compute, i, j)
+                for part, r0, c0 in blocks.placements(plan, blk, i, j):
+                    npy.write(part, r0, c0)
+                del blk, part
+                npy.sync()
+                os.write(log_fd, f"{i} {j}\n".encode())  # one small append: O(1) per block
+                _sync(log_fd)
+                done.add((i, j))
+                bar.update(1)
+                if on_block is not None:
+                    on_block(i, j)
+    finally:
+        os.close(log_fd)
+        bar.close()
+
+
 def stream_kernel(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x1: Any,
     x2: Any | None = None,
@@ -290,8 +278,10 @@ def stream_kernel(
 ) -> Path:
     """Computes a kernel block by block and streams it to ``out_dir/kernel.npy``; resumable.
 
-    Peak memory is one ``block_size × block_size`` block pair plus the model, for any N. A
-    killed call, repeated with the same arguments, skips the blocks already on disk.
+    The kernel is never in memory: peak memory is that of the inputs, the model and one
+    block's computation (a ``block_size × block_size`` block, its transpose and the
+    implementation's intermediates). A killed call, repeated with the same arguments, skips
+    the blocks already on disk.
 
     Args:
       apply_fn: ``apply_fn(params, x) -> [batch, O]``; row n depends on ``x[n]`` only.
@@ -327,156 +317,26 @@ def stream_kernel(
       >>> np.load(path, mmap_mode="r").shape
       (5, 5)
     """
-    _checks.check_choice("kind", kind, KINDS)
-    _resolve(implementation)
-    _check_block_size(block_size)
-    prepare(  # the shared checks; "auto" is resolved below, on one block's shapes
-        apply_fn,
-        params,
-        x1,
-        x2,
-        kind=kind,
-        implementation="jacobian" if implementation == "auto" else implementation,
-        kind_options=kind_options,
-    )
-    symmetric = x2 is None
-    xb = x1 if symmetric else x2
-    n1, n2 = int(x1.shape[0]), int(xb.shape[0])
-    b1, b2 = min(block_size, n1), min(block_size, n2)
-    if symmetric:
-        b1 = b2 = min(b1, b2)
+    plan = blocks.plan_blocks(
+        apply_fn, params, x1, x2, kind=kind, implementation=implementation,
+        block_size=block_size, kind_options=kind_options, fmt=FORMAT,
+    )  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / KERNEL_FILE
-
-    def k_fn(p, a, b):  # shapes only: any implementation gives the same
-        return kernel(apply_fn, p, a, b, kind=kind, implementation="jacobian", **kind_options)
-
-    out = jax.eval_shape(k_fn, params, x1[:1], None if symmetric else xb[:1])
-    shape = (n1, n2, *out.shape[2:])
-    wanted = _meta(
-        apply_fn, params, x1, x2, kind, implementation, block_size, shape, out.dtype, kind_options
-    )
-
     with _locked(out_dir):
-        meta_path = out_dir / META_FILE
-        if meta_path.exists():
-            with open(meta_path) as f:
-                stored = json.load(f)
-            _check_same(stored, wanted, out_dir)
-            name = stored.get(_INFO, {}).get("resolved_implementation", implementation)
-        else:
-            leftovers = [
-                p.name
-                for p in (path, out_dir / PROGRESS_FILE, out_dir / PROGRESS_LOG)
-                if p.exists()
-            ]
-            if leftovers:
-                raise ValueError(
-                    f"out_dir {str(out_dir)!r} holds {leftovers} but no {META_FILE}; refusing "
-                    "to overwrite. Use another out_dir or delete these files."
-                )
-            name = implementation
-            if implementation == "auto":  # decided on one block's shapes
-                a = _pad_rows(x1[:b1], b1)
-                b = None if symmetric else _pad_rows(xb[:b2], b2)
-                name = prepare(
-                    apply_fn,
-                    params,
-                    a,
-                    b,
-                    kind=kind,
-                    implementation=implementation,
-                    kind_options=kind_options,
-                ).implementation
-            wanted[_INFO] = {"resolved_implementation": name, "jax_version": jax.__version__}
-            _write_json_atomic(meta_path, wanted)
-
-        grid = block_grid(n1, n2, block_size, symmetric)
-        progress_path = out_dir / PROGRESS_FILE
-        if not path.exists():
-            for stale in (progress_path, out_dir / PROGRESS_LOG):  # the kernel file was
-                if stale.exists():  # removed: start again
-                    os.remove(stale)
-            _create_npy(path, shape, out.dtype)
-        file_shape, file_dtype, data_offset = npy_layout(path)
-        if file_shape != shape or file_dtype != out.dtype:
-            raise ValueError(
-                f"{path}: holds {file_shape} {file_dtype}, expected {shape} {out.dtype}; "
-                "the file does not match meta.json"
-            )
-        done = _load_progress(out_dir, grid)
-        if len(done) == len(grid):
-            if not progress_path.exists():  # killed between its last block and the summary
-                _write_json_atomic(
-                    progress_path, {"done": sorted(done), "total": len(grid), "complete": True}
-                )
+        meta = _meta_or_create(out_dir, plan, apply_fn, params, kind_options)
+        path = _kernel_file(out_dir, plan)
+        done = _load_progress(out_dir, plan.grid)
+        if len(done) < len(plan.grid):
+            name = meta.get(blocks.INFO, {}).get("resolved_implementation", implementation)
+            compute = blocks.block_fn(
+                apply_fn, params, kind=kind, implementation=name, kind_options=kind_options,
+                devices=devices,
+            )  # fmt: skip
+            desc = f"stream {kind} {plan.shape}"
+            bar = blocks.progress_bar(len(plan.grid), len(done), progress, desc)
+            _stream_blocks(path, out_dir, plan, compute, done, bar, on_block)
+        elif (out_dir / PROGRESS_FILE).exists():  # complete, and the summary is written
             return path
-
-        entry_bytes = math.prod(shape[2:]) * out.dtype.itemsize
-        axes = _transpose_axes(len(shape))
-        if devices is None:
-
-            def compute(a, b):
-                return kernel(
-                    apply_fn, params, a, b, kind=kind, implementation=name, **kind_options
-                )
-
-        else:
-            from ntk.sharding import sharded_kernel
-
-            def compute(a, b):
-                return sharded_kernel(
-                    apply_fn,
-                    params,
-                    a,
-                    b,
-                    kind=kind,
-                    implementation=name,
-                    devices=devices,
-                    **kind_options,
-                )
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(grid),
-            initial=len(done),
-            disable=not progress,
-            unit="block",
-            desc=f"stream {kind} {shape}",
-        )
-        fd = os.open(path, os.O_WRONLY)
-        log_fd = os.open(out_dir / PROGRESS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        sync = os.fdatasync if hasattr(os, "fdatasync") else os.fsync
-        try:
-            for i, j in grid:
-                if (i, j) in done:
-                    continue
-                s1, s2 = i * block_size, j * block_size
-                e1, e2 = min(s1 + block_size, n1), min(s2 + block_size, n2)
-                a = _pad_rows(x1[s1:e1], b1)
-                if symmetric and i == j:
-                    blk = compute(a, None)
-                else:
-                    blk = compute(a, _pad_rows(xb[s2:e2], b2))
-                blk = np.asarray(blk)[: e1 - s1, : e2 - s2]
-                _write_block(fd, data_offset, n2, entry_bytes, blk, s1, s2)
-                if symmetric and i != j:
-                    _write_block(fd, data_offset, n2, entry_bytes, blk.transpose(axes), s2, s1)
-                del blk
-                sync(fd)
-                os.write(log_fd, f"{i} {j}\n".encode())  # one small append: O(1) per block
-                sync(log_fd)
-                done.add((i, j))
-                bar.update(1)
-                if on_block is not None:
-                    on_block(i, j)
-        finally:
-            os.close(fd)
-            os.close(log_fd)
-            bar.close()
-        _write_json_atomic(
-            progress_path, {"done": sorted(done), "total": len(grid), "complete": True}
-        )
+        _write_summary(out_dir, done, len(plan.grid))
     return path

@@ -33,15 +33,9 @@ from typing import Any
 
 import jax
 
-from ntk.store import (
-    WORKERS_DIR,
-    _grid,
-    create_store,
-    done_blocks,
-    missing_blocks,
-    read_meta,
-    store_kernel,
-)
+from ntk.blocks import progress_bar
+from ntk.store import create_store, store_kernel
+from ntk.stored import WORKERS_DIR, _grid, done_blocks, missing_blocks, read_meta
 
 Problem = Callable[[], tuple[Any, Any, Any, Any]]
 
@@ -56,7 +50,7 @@ def _submitit():
     return submitit
 
 
-def _limit_cpus(cpus: Sequence[int]) -> None:
+def limit_cpus(cpus: Sequence[int]) -> None:
     """Pins this process to ``cpus`` and makes XLA's CPU backend use that many threads.
     Must run before JAX's backend starts (the first computation)."""
     os.sched_setaffinity(0, set(cpus))
@@ -98,22 +92,12 @@ class WorkerTask:
 
     def __call__(self) -> dict:
         if self.cpus is not None:
-            _limit_cpus(self.cpus)
+            limit_cpus(self.cpus)
         for name, value in self.jax_config.items():
             jax.config.update(name, value)
-        apply_fn, params, x1, x2 = self.problem()
+        run = dict(path=self.path, worker=self.worker, n_workers=self.n_workers, progress=False)
         t0 = time.perf_counter()
-        store_kernel(
-            apply_fn,
-            params,
-            x1,
-            x2,
-            path=self.path,
-            worker=self.worker,
-            n_workers=self.n_workers,
-            progress=False,
-            **self.store_options,
-        )
+        store_kernel(*self.problem(), **run, **self.store_options)
         return {"worker": self.worker, "seconds": time.perf_counter() - t0}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -178,6 +162,49 @@ def distribute_kernel(
     Returns:
       ``path``, complete; read it with :func:`ntk.open_kernel`.
     """
+    _check_options(problem, n_workers, max_restarts, cpus_per_worker, store_options)
+    submitit = _submitit()
+    path = Path(path)
+    apply_fn, params, x1, x2 = problem()
+    # The store is created (or checked) here, once; the workers then only open it.
+    create_store(
+        apply_fn, params, x1, x2, path=path,
+        **{k: v for k, v in store_options.items() if k not in ("devices", "callback")},
+    )  # fmt: skip
+    if not missing_blocks(path):
+        return path
+    if executor is None:
+        executor = submitit.LocalExecutor(folder=path / "submitit")
+        executor.update_parameters(timeout_min=7 * 24 * 60)
+    jax_config = {"jax_enable_x64": bool(jax.config.jax_enable_x64)}
+
+    def task(w: int) -> WorkerTask:
+        cpus = _worker_cpus(w, cpus_per_worker)
+        return WorkerTask(problem, path, w, n_workers, store_options, jax_config, cpus)
+
+    def submit(w: int, job):
+        if on_submit is not None:
+            on_submit(w, job)
+        return job
+
+    owned = {w: set(_worker_blocks(path, w, n_workers)) for w in range(n_workers)}
+    active = [w for w in range(n_workers) if owned[w] - done_blocks(path)]
+    first = executor.submit_array([task(w) for w in active])
+    jobs = {w: submit(w, job) for w, job in zip(active, first, strict=True)}
+
+    def restart(w: int):
+        return submit(w, executor.submit(task(w)))
+
+    total = len(_grid(read_meta(path)))
+    with progress_bar(total, 0, progress, f"{n_workers} workers") as bar:
+        _supervise(path, jobs, owned, restart, max_restarts, poll_s, bar)
+    missing = missing_blocks(path)
+    if missing:  # pragma: no cover - every worker's blocks were checked above
+        raise RuntimeError(f"distribute_kernel: blocks {missing[:5]} missing after all jobs")
+    return path
+
+
+def _check_options(problem, n_workers, max_restarts, cpus_per_worker, store_options) -> None:
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"n_workers: must be a positive int, got {n_workers!r}")
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
@@ -198,73 +225,43 @@ def distribute_kernel(
     bad = sorted({"worker", "n_workers", "path", "progress"} & set(store_options))
     if bad:
         raise TypeError(f"store_options: {bad} are set by distribute_kernel itself")
-    submitit = _submitit()
-    path = Path(path)
-    apply_fn, params, x1, x2 = problem()
-    # The store is created (or checked) here, once; the workers then only open it.
-    create_store(
-        apply_fn, params, x1, x2, path=path,
-        **{k: v for k, v in store_options.items() if k not in ("devices", "callback")},
-    )  # fmt: skip
-    if not missing_blocks(path):
-        return path
-    if executor is None:
-        executor = submitit.LocalExecutor(folder=path / "submitit")
-        executor.update_parameters(timeout_min=7 * 24 * 60)
-    jax_config = {"jax_enable_x64": bool(jax.config.jax_enable_x64)}
+
+
+def _worker_cpus(w: int, cpus_per_worker: int | None) -> list[int] | None:
+    """Cores ``[w·c, (w+1)·c)`` modulo the machine's, or None (no pinning)."""
+    if cpus_per_worker is None:
+        return None
     ncpu = os.cpu_count() or 1
+    return [(w * cpus_per_worker + c) % ncpu for c in range(cpus_per_worker)]
 
-    def task(w: int) -> WorkerTask:
-        cpus = None
-        if cpus_per_worker is not None:
-            cpus = [(w * cpus_per_worker + c) % ncpu for c in range(cpus_per_worker)]
-        return WorkerTask(problem, path, w, n_workers, store_options, jax_config, cpus)
 
-    owned = {w: set(_worker_blocks(path, w, n_workers)) for w in range(n_workers)}
-    active = [w for w in range(n_workers) if owned[w] - done_blocks(path)]
-    jobs = dict(zip(active, executor.submit_array([task(w) for w in active]), strict=True))
-    for w, job in jobs.items():
-        if on_submit is not None:
-            on_submit(w, job)
+def _supervise(path, jobs, owned, restart, max_restarts, poll_s, bar) -> None:
+    """Polls the jobs until every worker's blocks are done; a job that ended with blocks
+    missing is replaced (``restart(w)``) up to ``max_restarts`` times per worker."""
     restarts = dict.fromkeys(jobs, 0)
-    total = len(_grid(read_meta(path)))
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, disable=not progress, unit="block", desc=f"{n_workers} workers")
-    try:
-        while jobs:
-            time.sleep(poll_s)
-            done = done_blocks(path)
-            bar.n = len(done)
-            bar.refresh()
-            for w, job in list(jobs.items()):
-                if not job.done():
-                    continue
-                if owned[w] <= done:
-                    del jobs[w]
-                    continue
-                why = _why(job)
-                if restarts[w] >= max_restarts:
-                    for other in jobs.values():
-                        other.cancel(check=False)
-                    raise RuntimeError(
-                        f"distribute_kernel: worker {w} of {n_workers} ended with "
-                        f"{len(owned[w] - done)} blocks missing after {restarts[w]} "
-                        f"restarts; last job {job.job_id}: {why}"
-                    )
-                restarts[w] += 1
-                jobs[w] = executor.submit(task(w))
-                if on_submit is not None:
-                    on_submit(w, jobs[w])
-        bar.n = len(done_blocks(path))
+    while jobs:
+        time.sleep(poll_s)
+        done = done_blocks(path)
+        bar.n = len(done)
         bar.refresh()
-    finally:
-        bar.close()
-    missing = missing_blocks(path)
-    if missing:  # pragma: no cover - every worker's blocks were checked above
-        raise RuntimeError(f"distribute_kernel: blocks {missing[:5]} missing after all jobs")
-    return path
+        for w, job in list(jobs.items()):
+            if not job.done():
+                continue
+            if owned[w] <= done:
+                del jobs[w]
+                continue
+            if restarts[w] >= max_restarts:
+                for other in jobs.values():
+                    other.cancel(check=False)
+                raise RuntimeError(
+                    f"distribute_kernel: worker {w} of {len(owned)} ended with "
+                    f"{len(owned[w] - done)} blocks missing after {restarts[w]} "
+                    f"restarts; last job {job.job_id}: {_why(job)}"
+                )
+            restarts[w] += 1
+            jobs[w] = restart(w)
+    bar.n = len(done_blocks(path))
+    bar.refresh()
 
 
 def worker_states(path: str | os.PathLike) -> dict[int, dict]:

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ntk import atomic
+
 ROWS: dict[str, dict] = {
     "pntk_20k": dict(kind="pntk", n=20_000, block_size=5000),
     "pntk_50k": dict(kind="pntk", n=50_000, block_size=5000),
@@ -156,9 +158,9 @@ def run_workers_row(name: str, work_dir: str | os.PathLike, keep: bool = False) 
 def run_in_memory_row(name: str) -> dict:
     """``ntk.kernel`` of ``[N, N]`` in one call, in this process pinned to one core (call it
     in a fresh subprocess: the pinning must precede JAX's start)."""
-    from ntk.workers import _limit_cpus
+    from ntk.workers import limit_cpus
 
-    _limit_cpus([0])
+    limit_cpus([0])
     import jax
 
     from ntk.kernels.api import kernel
@@ -304,12 +306,13 @@ def run_scale_bench(
         print(json.dumps(res), flush=True)
         (scaling if name in IN_MEMORY_ROWS else results).append(res)
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": sys.version}
-    with open(out_dir / "bench_scale.json", "w") as f:
-        json.dump({"info": info, "rows": results, "scaling": scaling}, f, indent=1)
+    atomic.write_json(
+        out_dir / "bench_scale.json", {"info": info, "rows": results, "scaling": scaling}
+    )
     md = markdown_table(results) if results else ""
     if scaling:
         md += ("\n" if md else "") + scaling_table(scaling)
-    (out_dir / "bench_scale.md").write_text(md)
+    atomic.write_text(out_dir / "bench_scale.md", md)
     if not keep and work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return results
