@@ -27,10 +27,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk.adapters import ApplyFn
+from ntk.checks import check_choice
 from ntk.kernels import _checks
 from ntk.kernels.api import forward_mode_error, prepare
 from ntk.kernels.implementations import per_example_jacobian
 from ntk.kernels.model import pad_rows
+from ntk.regression import (
+    check_cg_limits,
+    check_converged,
+    check_ridge,
+    is_stored,
+    stored_square_shape,
+)
 
 _KINDS = ("entk", "pntk")
 
@@ -88,7 +97,7 @@ def _jjt(apply_fn, kind, batch_size, params, x_out, x_in, v_NK):
 
 
 def _check_common(apply_fn, params, x, batch_size, kind="entk"):
-    _checks.check_choice("kind", kind, dict.fromkeys(_KINDS))
+    check_choice("kind", kind, _KINDS)
     _checks.check_batch_size(batch_size)
     prep = prepare(apply_fn, params, x, None, kind=kind, implementation="jacobian", kind_options={})
     if (why := forward_mode_error(apply_fn, params, x)) is not None:
@@ -122,8 +131,16 @@ def _operator(apply_fn, params, x_out, x_in, kind, batch_size, o, dtype):
     return matvec
 
 
+def _checked_operator(apply_fn, params, x_out, x_in, kind, batch_size):
+    """The checked ``v -> K(x_out, x_in) v`` (the vjp on ``x_in``, the jvp on ``x_out``)."""
+    o, dtype = _check_common(apply_fn, params, x_in, batch_size, kind)
+    if x_out is not x_in:
+        _checks.check_inputs(x_out, x_in)
+    return _operator(apply_fn, params, x_out, x_in, kind, batch_size, o, dtype)
+
+
 def entk_matvec(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x: jax.Array,
     *,
@@ -151,12 +168,11 @@ def entk_matvec(
       >>> mv(jnp.ones((5, 2))).shape
       (5, 2)
     """
-    o, dtype = _check_common(apply_fn, params, x, batch_size)
-    return _operator(apply_fn, params, x, x, "entk", batch_size, o, dtype)
+    return _checked_operator(apply_fn, params, x, x, "entk", batch_size)
 
 
 def pntk_matvec(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x: jax.Array,
     *,
@@ -167,12 +183,11 @@ def pntk_matvec(
 
     Arguments as for :func:`entk_matvec`.
     """
-    o, dtype = _check_common(apply_fn, params, x, batch_size)
-    return _operator(apply_fn, params, x, x, "pntk", batch_size, o, dtype)
+    return _checked_operator(apply_fn, params, x, x, "pntk", batch_size)
 
 
 def cross_matvec(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x_test: jax.Array,
     x_train: jax.Array,
@@ -184,9 +199,7 @@ def cross_matvec(
     (or ``[N, C] -> [M, C]``). The vjp runs on ``x_train [N, ...]``, the jvp on
     ``x_test [M, ...]``. Other arguments as for :func:`entk_matvec`.
     """
-    o, dtype = _check_common(apply_fn, params, x_train, batch_size, kind)
-    _checks.check_inputs(x_test, x_train)
-    return _operator(apply_fn, params, x_test, x_train, kind, batch_size, o, dtype)
+    return _checked_operator(apply_fn, params, x_test, x_train, kind, batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "kind", "chunk"))
@@ -200,7 +213,7 @@ def _diagonal(apply_fn, kind, chunk, params, x, proj_KO):
 
 
 def kernel_diagonal(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x: jax.Array,
     *,
@@ -219,7 +232,7 @@ def kernel_diagonal(
 
 
 def extreme_eigenvalues(
-    apply_fn: Callable[[Any, jax.Array], jax.Array] | Any,
+    apply_fn: ApplyFn | Any,
     params: Any = None,
     x: jax.Array | None = None,
     *,
@@ -255,7 +268,7 @@ def extreme_eigenvalues(
       ``dict(lambda_max=float, lambda_min=float, largest=[k] descending, smallest=[k]
       ascending, n_matvecs=int)``.
     """
-    if _is_stored(apply_fn):
+    if is_stored(apply_fn):
         return _stored_eigenvalues(apply_fn, params, x, k=k, tol=tol, maxiter=maxiter, seed=seed)
     if params is None or x is None:
         raise TypeError("params, x: required with an apply_fn (omit them only for a stored kernel)")
@@ -278,23 +291,11 @@ def _check_k(k: Any, dim: int) -> None:
         raise ValueError(f"k: must be an int in [1, {dim}) for a {dim}×{dim} operator, got {k!r}")
 
 
-def _is_stored(obj: Any) -> bool:
-    """A stored kernel (:class:`ntk.store.StoredKernel`), told apart without importing it."""
-    return not callable(obj) and hasattr(obj, "matvec") and hasattr(obj, "block_size")
-
-
 def _stored_eigenvalues(kernel, params, x, *, k, tol, maxiter, seed) -> dict[str, Any]:
     if params is not None or x is not None:
         raise TypeError("params, x: leave them out when the kernel is a stored kernel")
-    shape = tuple(kernel.shape)
-    if len(shape) == 2 and shape[0] == shape[1]:
-        shape_v = (shape[0],)
-    elif len(shape) == 4 and shape[0] == shape[1] and shape[2] == shape[3]:
-        shape_v = (shape[0], shape[2])
-    else:
-        raise ValueError(
-            f"apply_fn: a stored kernel must be square [N, N] or [N, N, O, O], got {shape}"
-        )
+    n, o = stored_square_shape("apply_fn", kernel)
+    shape_v = (n,) if o is None else (n, o)
     dim = math.prod(shape_v)
     _check_k(k, dim)
 
@@ -337,7 +338,7 @@ def _lanczos(host_mv, dim: int, *, k, tol, maxiter, seed) -> dict[str, Any]:
 
 
 def cg_kernel_regression(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x_train: jax.Array,
     y_train: Any,
@@ -373,24 +374,12 @@ def cg_kernel_regression(
     Returns:
       ``[M, O]`` predictions, float64 numpy.
     """
-    from jax.scipy.sparse.linalg import cg
-
     o, dtype = _check_common(apply_fn, params, x_train, batch_size, kind)
     _checks.check_inputs(x_test, x_train)
-    if not np.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge: must be a finite number >= 0, got {ridge!r}")
-    if not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol: must be a positive number, got {tol!r}")
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter <= 0:
-        raise ValueError(f"maxiter: must be a positive int, got {maxiter!r}")
+    check_ridge(ridge)
+    check_cg_limits(tol, maxiter)
     n = int(x_train.shape[0])
-    y = np.asarray(y_train)
-    if y.shape != (n, o):
-        raise ValueError(f"y_train: expected [N, O] = {(n, o)} targets, got shape {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"y_train: contains NaN or Inf (shape {y.shape})")
-    y_NO = jnp.asarray(y, dtype)
-
+    y_NO = jnp.asarray(_cg_targets(y_train, n, o), dtype)
     diag = kernel_diagonal(apply_fn, params, x_train, kind=kind, batch_size=batch_size)
     lam = ridge * jnp.mean(diag)
     diag_NO = diag if kind == "entk" else jnp.broadcast_to(diag[:, None], (n, o))
@@ -399,17 +388,39 @@ def cg_kernel_regression(
     def a_op(v_NO):
         return mv(v_NO) + lam * v_NO
 
-    d = diag_NO + lam
-    inv_d = jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 1.0)
-    precond = (lambda v: inv_d * v) if precondition else None
-    alpha_NO, _ = cg(a_op, y_NO, tol=tol, atol=0.0, maxiter=int(maxiter), M=precond)
-    y_norm = float(jnp.linalg.norm(y_NO))
-    res = float(jnp.linalg.norm(y_NO - a_op(alpha_NO))) / (y_norm if y_norm > 0 else 1.0)
-    if not np.isfinite(res) or res > 10 * tol:
-        raise RuntimeError(
-            f"cg_kernel_regression: conjugate gradients did not converge ({kind}, N={n}, "
-            f"maxiter={maxiter}): relative residual {res:.3e} > 10·tol = {10 * tol:.1e}. "
-            "Add a ridge, raise maxiter or tol, or compute in float64."
-        )
+    inv_d = _jacobi(diag_NO + lam) if precondition else None
+    alpha_NO = _cg_solve(a_op, y_NO, inv_d, tol, int(maxiter))
+    what = f"cg_kernel_regression: conjugate gradients ({kind}, N={n}, maxiter={maxiter})"
+    hint = "Add a ridge, raise maxiter or tol, or compute in float64."
+    check_converged(_relative_residual(a_op, alpha_NO, y_NO), tol, what, hint)
     pred = _operator(apply_fn, params, x_test, x_train, kind, batch_size, o, dtype)(alpha_NO)
     return np.asarray(pred, np.float64)
+
+
+def _cg_targets(y_train: Any, n: int, o: int) -> np.ndarray:
+    y = np.asarray(y_train)
+    if y.shape != (n, o):
+        raise ValueError(f"y_train: expected [N, O] = {(n, o)} targets, got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"y_train: contains NaN or Inf (shape {y.shape})")
+    return y
+
+
+def _jacobi(d: jax.Array) -> jax.Array:
+    """``1/d`` where ``d > 0``, else 1: the Jacobi preconditioner's diagonal."""
+    return jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 1.0)
+
+
+def _cg_solve(a_op, y_NO, inv_d, tol: float, maxiter: int) -> jax.Array:
+    """``A⁻¹ y`` by (optionally Jacobi-preconditioned) CG in the model's dtype."""
+    from jax.scipy.sparse.linalg import cg
+
+    precond = None if inv_d is None else (lambda v: inv_d * v)
+    alpha_NO, _ = cg(a_op, y_NO, tol=tol, atol=0.0, maxiter=maxiter, M=precond)
+    return alpha_NO
+
+
+def _relative_residual(a_op, alpha_NO, y_NO) -> float:
+    """``‖Y − Aα‖_F / ‖Y‖_F`` (``‖Y − Aα‖_F`` when ``Y = 0``)."""
+    y_norm = float(jnp.linalg.norm(y_NO))
+    return float(jnp.linalg.norm(y_NO - a_op(alpha_NO))) / (y_norm if y_norm > 0 else 1.0)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ntk.checks import check_choice
+
 _ON_SINGULAR = ("lstsq", "raise")
 
 
@@ -127,13 +129,11 @@ def kernel_regression(
     Returns:
       ``[M, O]`` predictions (float64).
     """
-    if on_singular not in _ON_SINGULAR:
-        raise ValueError(f"on_singular: unknown value {on_singular!r}; valid: {_ON_SINGULAR}")
-    if not np.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge: must be a finite number >= 0, got {ridge!r}")
-    if _is_stored(k_train):
+    check_choice("on_singular", on_singular, _ON_SINGULAR)
+    check_ridge(ridge)
+    if is_stored(k_train):
         return _stored_regression(k_train, k_test_train, y_train, ridge, tol, maxiter)
-    if _is_stored(k_test_train):
+    if is_stored(k_test_train):
         raise TypeError("k_test_train: stored, but k_train is in memory; store both or neither")
     kt, ks, o = _flatten_kernels(k_train, k_test_train)
     n = kt.shape[0] if o is None else kt.shape[0] // o
@@ -144,31 +144,64 @@ def kernel_regression(
     return (ks @ _solve(kt, y.reshape(-1, 1), ridge, on_singular)).reshape(m, o)
 
 
-def _is_stored(k: Any) -> bool:
+def is_stored(k: Any) -> bool:
     """A stored kernel (:class:`ntk.store.StoredKernel`), told apart without importing it."""
     return not callable(k) and hasattr(k, "matvec") and hasattr(k, "block_size")
 
 
-def _stored_regression(kt, ks, y_train, ridge, tol, maxiter) -> np.ndarray:
-    """``K*(K + λI)⁻¹ Y`` with K a stored kernel: preconditioned CG, all columns at once."""
-    shape = tuple(kt.shape)
+def stored_square_shape(name: str, k: Any) -> tuple[int, int | None]:
+    """``(N, O)`` of a square stored kernel ``[N, N, O, O]``, or ``(N, None)`` for ``[N, N]``."""
+    shape = tuple(k.shape)
     if len(shape) == 2 and shape[0] == shape[1]:
-        n, o = shape[0], None
-    elif len(shape) == 4 and shape[0] == shape[1] and shape[2] == shape[3]:
-        n, o = shape[0], shape[2]
-    else:
-        raise ValueError(f"k_train: expected a stored [N, N] or [N, N, O, O] kernel, got {shape}")
-    if not kt.symmetric:
-        raise ValueError("k_train: a stored training kernel must be computed with x2=None")
+        return shape[0], None
+    if len(shape) == 4 and shape[0] == shape[1] and shape[2] == shape[3]:
+        return shape[0], shape[2]
+    raise ValueError(f"{name}: expected a square stored [N, N] or [N, N, O, O] kernel, got {shape}")
+
+
+def check_ridge(ridge: Any) -> None:
+    if not np.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge: must be a finite number >= 0, got {ridge!r}")
+
+
+def check_cg_limits(tol: Any, maxiter: Any) -> None:
+    """Conjugate gradients' relative tolerance (> 0) and iteration limit (a positive int)."""
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol: must be a positive number, got {tol!r}")
-    ks_shape = tuple(np.shape(ks)) if not _is_stored(ks) else tuple(ks.shape)
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer):
+        raise TypeError(f"maxiter: expected a positive int, got {maxiter!r}")
+    if maxiter <= 0:
+        raise ValueError(f"maxiter: must be a positive int, got {maxiter}")
+
+
+def check_converged(rel: float, tol: float, what: str, hint: str) -> None:
+    """Raises a ``RuntimeError`` when a solve's true relative residual is not finite or
+    exceeds ``10·tol``: an unconverged solve never returns silently."""
+    if not np.isfinite(rel) or rel > 10 * tol:
+        raise RuntimeError(
+            f"{what} did not converge: relative residual {rel:.3e} > 10·tol = "
+            f"{10 * tol:.1e}. {hint}"
+        )
+
+
+def _stored_test_kernel(ks: Any, shape: tuple[int, ...], n: int, o: int | None) -> None:
+    ks_shape = tuple(np.shape(ks)) if not is_stored(ks) else tuple(ks.shape)
     want = (n,) if o is None else (n, o, o)
     if len(ks_shape) != len(shape) or ks_shape[1:] != want:
         raise ValueError(
             f"k_test_train: expected [M, {', '.join(map(str, want))}] to match k_train "
             f"{shape}, got {ks_shape}"
         )
+
+
+def _stored_regression(kt, ks, y_train, ridge, tol, maxiter) -> np.ndarray:
+    """``K*(K + λI)⁻¹ Y`` with K a stored kernel: preconditioned CG, all columns at once."""
+    n, o = stored_square_shape("k_train", kt)
+    if not kt.symmetric:
+        raise ValueError("k_train: a stored training kernel must be computed with x2=None")
+    maxiter = 1000 if maxiter is None else maxiter
+    check_cg_limits(tol, maxiter)
+    _stored_test_kernel(ks, tuple(kt.shape), n, o)
     y = _check_targets(y_train, n, o)
     d = kt.diagonal().astype(np.float64)  # [N] or [N, O, O]
     d = d if o is None else np.diagonal(d, axis1=1, axis2=2)  # [N, O]
@@ -178,26 +211,15 @@ def _stored_regression(kt, ks, y_train, ridge, tol, maxiter) -> np.ndarray:
     def a_op(v):
         return kt.matvec(v) + lam * v
 
-    dd = (d + lam) if o is None else (d + lam)[:, :, None]
-    if o is None:
-        dd = dd[:, None]
+    dd = (d + lam)[:, None] if o is None else (d + lam)[:, :, None]
     inv_d = np.where(dd > 0, 1.0 / np.where(dd > 0, dd, 1.0), 1.0)
-    maxiter = 1000 if maxiter is None else maxiter
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer):
-        raise TypeError(f"maxiter: expected a positive int, got {maxiter!r}")
-    if maxiter <= 0:
-        raise ValueError(f"maxiter: must be a positive int, got {maxiter}")
     alpha = _pcg(a_op, rhs, inv_d, tol, maxiter)
     b_norm = np.linalg.norm(rhs.reshape(-1, rhs.shape[-1]), axis=0)
     res = np.linalg.norm((rhs - a_op(alpha)).reshape(-1, rhs.shape[-1]), axis=0)
     rel = float(np.max(res / np.where(b_norm > 0, b_norm, 1.0)))
-    if not np.isfinite(rel) or rel > 10 * tol:
-        raise RuntimeError(
-            f"kernel_regression: conjugate gradients on the stored kernel did not converge "
-            f"(N={n}, maxiter={maxiter}): relative residual {rel:.3e} > 10·tol = {10 * tol:.1e}. "
-            "Add a ridge or raise maxiter."
-        )
-    if _is_stored(ks):
+    what = f"kernel_regression: conjugate gradients on the stored kernel (N={n}, maxiter={maxiter})"
+    check_converged(rel, tol, what, "Add a ridge or raise maxiter.")
+    if is_stored(ks):
         pred = ks.matvec(alpha)
     elif o is None:
         pred = _f64("k_test_train", ks) @ alpha

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ntk.adapters import ApplyFn
 from ntk.kernels import _checks
 from ntk.kernels.api import KINDS, block, prepare
 from ntk.kernels.model import Model, batch_len, fn_key, from_key, pad_rows, take
@@ -83,7 +84,7 @@ _symmetrize_cached = functools.lru_cache(maxsize=64)(_symmetrize_fn)
 
 
 def sharded_kernel(
-    apply_fn: Callable[[Any, jax.Array], jax.Array],
+    apply_fn: ApplyFn,
     params: Any,
     x1: Any,
     x2: Any | None = None,
