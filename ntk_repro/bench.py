@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ntk import atomic
+
 # --- models (plain JAX, NTK parameterisation, biases) -------------------------------------
 
 
@@ -264,7 +266,8 @@ def gemm_rate(n: int = 2048, repeats: int = 5) -> dict:
 
 IMPLS = ("jacobian", "ntk_vp", "structured", "auto")
 KINDS_BENCHED = ("entk", "pntk", "trace")
-# Theory (MISSION.md, FCN of width W, N inputs, O logits): time exponents in N and W.
+# Theory (the cost of each implementation in Novak et al. 2022, "Fast Finite Width Neural
+# Tangent Kernel"; FCN of width W, depth L, N inputs, O logits): time exponents in N and W.
 THEORY = {
     "jacobian": {"n": "1 -> 2 (NO[FP] + N²O²P)", "width": "2 (P ~ W²)"},
     "ntk_vp": {"n": "2 (N²O[FP])", "width": "2 ([FP] ~ W²)"},
@@ -272,97 +275,36 @@ THEORY = {
 }
 
 
+# (section, model, N, width) of the cases run for every implementation and kind.
+MODEL_CASES = (("anchor", "mlp", 64, 512), ("models", "cnn", 32, 64), ("models", "resnet", 16, 32))
+
+
+def _case(section, model, n, width, implementation, kind, *, o=10, **extra) -> dict:
+    return dict(
+        section=section, model=model, n=n, width=width, o=o, implementation=implementation,
+        kind=kind, **extra,
+    )  # fmt: skip
+
+
 def suite_cases(quick: bool = False) -> list[dict]:
     """All benchmark cases; ``quick`` keeps the anchor and the two other models only."""
-    cases = []
-    for impl in IMPLS:
-        for kind in KINDS_BENCHED:
-            cases.append(
-                dict(
-                    section="anchor",
-                    model="mlp",
-                    n=64,
-                    width=512,
-                    o=10,
-                    implementation=impl,
-                    kind=kind,
-                )
-            )
-            cases.append(
-                dict(
-                    section="models",
-                    model="cnn",
-                    n=32,
-                    width=64,
-                    o=10,
-                    implementation=impl,
-                    kind=kind,
-                )
-            )
-            cases.append(
-                dict(
-                    section="models",
-                    model="resnet",
-                    n=16,
-                    width=32,
-                    o=10,
-                    implementation=impl,
-                    kind=kind,
-                )
-            )
+    cases = [
+        _case(section, model, n, width, impl, kind)
+        for impl in IMPLS
+        for kind in KINDS_BENCHED
+        for section, model, n, width in MODEL_CASES
+    ]
+    calls = 50 if quick else 200
     for impl in ("structured", "auto"):  # the anchor MLP pNTK, float32
-        cases.append(
-            dict(
-                section="overhead",
-                model="mlp",
-                n=64,
-                width=512,
-                o=10,
-                implementation=impl,
-                kind="pntk",
-                calls=50 if quick else 200,
-            )
-        )
+        cases.append(_case("overhead", "mlp", 64, 512, impl, "pntk", calls=calls))
     if quick:
         return cases
     for impl in ("jacobian", "ntk_vp", "structured"):
-        for n in (16, 32, 64, 128, 256):
-            cases.append(
-                dict(
-                    section="scale_n",
-                    model="mlp",
-                    n=n,
-                    width=512,
-                    o=10,
-                    implementation=impl,
-                    kind="entk",
-                )
-            )
-        for width in (128, 256, 512, 1024, 2048):
-            cases.append(
-                dict(
-                    section="scale_width",
-                    model="mlp",
-                    n=64,
-                    width=width,
-                    o=10,
-                    implementation=impl,
-                    kind="entk",
-                )
-            )
+        cases += [_case("scale_n", "mlp", n, 512, impl, "entk") for n in (16, 32, 64, 128, 256)]
+        widths = (128, 256, 512, 1024, 2048)
+        cases += [_case("scale_width", "mlp", 64, w, impl, "entk") for w in widths]
     for impl in ("ntk_vp", "structured"):
-        for o in (1, 3, 10, 30, 100):
-            cases.append(
-                dict(
-                    section="scale_o",
-                    model="mlp",
-                    n=64,
-                    width=512,
-                    o=o,
-                    implementation=impl,
-                    kind="entk",
-                )
-            )
+        cases += [_case("scale_o", "mlp", 64, 512, impl, "entk", o=o) for o in (1, 3, 10, 30, 100)]
     return cases
 
 
@@ -583,12 +525,6 @@ def machine_info(repeats: int) -> dict:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_suite(
     out_dir: str | Path, *, quick: bool = False, repeats: int = 5, timeout: float = 300.0
 ) -> dict:
@@ -614,8 +550,8 @@ def run_suite(
         )
         rows.append(row)
     result = {"machine": machine, "rows": rows, "slopes": slopes(rows)}
-    _atomic_write(out / "bench.json", json.dumps(result, indent=1))
-    _atomic_write(out / "bench.md", markdown(result))
+    atomic.write_json(out / "bench.json", result)
+    atomic.write_text(out / "bench.md", markdown(result))
     result["figures"] = plot(result, out)
     return result
 

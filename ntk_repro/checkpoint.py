@@ -32,6 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from omegaconf import OmegaConf
 
+from ntk import atomic
 from ntk_repro.models import build_model, kernel_apply_fn
 
 __all__ = [
@@ -60,15 +61,8 @@ METRICS_FILE = "metrics.jsonl"
 RESUME_IGNORED_KEYS = ("trainer.progress", "logger", "data.data_dir", "data.download")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# Kept for its callers; new code calls ntk.atomic.write_text (file and directory fsync).
+atomic_write_text = atomic.write_text
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
@@ -138,7 +132,7 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
 def write_metrics(out_dir: str | Path, records: Sequence[Mapping]) -> None:
     """Atomically rewrites ``OUT/metrics.jsonl`` with one JSON object per record."""
     text = "".join(json.dumps(dict(r), sort_keys=False) + "\n" for r in records)
-    atomic_write_text(Path(out_dir) / METRICS_FILE, text)
+    atomic.write_text(Path(out_dir) / METRICS_FILE, text)
 
 
 @contextlib.contextmanager
@@ -179,6 +173,14 @@ def checkpoint_epochs_saved(out_dir: str | Path) -> list[int]:
     return sorted(ocp.utils.checkpoint_steps(directory))
 
 
+def _items(params, batch_stats, opt_state, key) -> tuple[dict, dict]:
+    """The ``model`` and ``train`` items of a checkpoint (``key`` as its raw data)."""
+    model_item = {"params": params}
+    if batch_stats:
+        model_item["batch_stats"] = batch_stats
+    return model_item, {"opt_state": opt_state, "key": jax.random.key_data(key)}
+
+
 def save_checkpoint(
     manager: ocp.CheckpointManager,
     epoch: int,
@@ -193,10 +195,7 @@ def save_checkpoint(
 
     ``key`` is a typed PRNG key (stored as its raw ``uint32`` data).
     """
-    model_item = {"params": params}
-    if batch_stats:
-        model_item["batch_stats"] = batch_stats
-    train_item = {"opt_state": opt_state, "key": jax.random.key_data(key)}
+    model_item, train_item = _items(params, batch_stats, opt_state, key)
     manager.save(
         epoch,
         args=ocp.args.Composite(
@@ -223,10 +222,7 @@ def restore_checkpoint(
     Returns ``{"params", "batch_stats", "opt_state", "key", "meta"}`` with ``key`` a typed key.
     """
     abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
-    model_item = {"params": params}
-    if batch_stats:
-        model_item["batch_stats"] = batch_stats
-    train_item = {"opt_state": opt_state, "key": jax.random.key_data(key)}
+    model_item, train_item = _items(params, batch_stats, opt_state, key)
     restored = manager.restore(
         epoch,
         args=ocp.args.Composite(
