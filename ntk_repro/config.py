@@ -32,26 +32,25 @@ class TrainerSchema:
 
 
 @dataclass
-class SGDSchema:
+class _OptimizerSchema:
     name: str = MISSING
     learning_rate: float = MISSING
     schedule: str = MISSING
     warmup_epochs: int = MISSING
-    momentum: float = MISSING
-    nesterov: bool = MISSING
     weight_decay: float = MISSING
 
 
 @dataclass
-class AdamSchema:
-    name: str = MISSING
-    learning_rate: float = MISSING
-    schedule: str = MISSING
-    warmup_epochs: int = MISSING
+class SGDSchema(_OptimizerSchema):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class AdamSchema(_OptimizerSchema):
     b1: float = MISSING
     b2: float = MISSING
     eps: float = MISSING
-    weight_decay: float = MISSING
 
 
 @dataclass
