@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ntk import atomic
+from ntk_repro.bench_tables import markdown, plot  # noqa: F401  (re-exported)
 
 # --- models (plain JAX, NTK parameterisation, biases) -------------------------------------
 
@@ -159,71 +160,73 @@ def run_overhead_case(case: dict) -> dict:
     }
 
 
-def run_case(case: dict) -> dict:
-    """Times one ``(model, n, width, o, implementation, kind)`` in this process."""
-    import jax
-
-    if case.get("section") == "overhead":
-        return run_overhead_case(case)
-
-    import ntk
-    from ntk.kernels import IMPLEMENTATIONS
-    from ntk.kernels.api import KINDS, forward_flops
-
-    apply_fn, params, shape = MODELS[case["model"]](case["width"], case["o"])
-    x = jax.random.normal(jax.random.key(1), (case["n"], *shape))
-    kind, impl = case["kind"], case["implementation"]
-    jax.block_until_ready((params, x))
-    rss0 = _rss_bytes()
-
-    fn = ntk.kernel_fn(apply_fn, kind=kind, implementation=impl)
-
-    def call():
-        return jax.block_until_ready(fn(params, x))
-
+def _time_calls(call, repeats: int) -> tuple[float, list[float]]:
+    """``(first call seconds, warm call seconds)``; the first includes the compile."""
     t0 = time.perf_counter()
     call()
     first = time.perf_counter() - t0
     warm = []
-    for _ in range(case.get("repeats", 5)):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         call()
         warm.append(time.perf_counter() - t0)
-    warm_s = float(np.median(warm))
+    return first, warm
 
-    spec = KINDS[kind]
-    o = case["o"]
-    proj = spec.projection(o, x.dtype)
-    name = impl
-    if impl == "auto":
-        name = ntk.choose_implementation(apply_fn, params, x, None, proj.shape[0], spec.diag)
-    compiled = fn.lower(params, x).compile()
+
+def _nominal_flops(name, case, k, diag, apply_fn, params, x) -> float:
+    """FLOPs of the algorithm by the cost model behind ``auto``. XLA's own count misses custom
+    calls (GPU convolutions) and counts loop bodies once, so it is reported apart."""
+    from ntk.kernels import IMPLEMENTATIONS
+    from ntk.kernels.api import forward_flops
+
+    p = int(sum(np.size(a) for a in _leaves(params)))
+    fp = forward_flops(apply_fn, params, x)
+    ctx = dict(apply_fn=apply_fn, params=params, x1=x, x2=None)
+    n = case["n"]
+    return IMPLEMENTATIONS[name].cost(n1=n, n2=n, k=k, p=p, fp=fp, diag=diag, **ctx)
+
+
+def _leaves(tree) -> list:
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def _xla_stats(compiled) -> tuple[float, int]:
+    """``(XLA's FLOP count, compiled temporary bytes)`` of a compiled computation."""
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    n_params = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(params)))
-    # Nominal FLOPs of the algorithm (the cost model behind "auto"); XLA's own count misses
-    # custom calls (GPU convolutions) and counts loop bodies once, so it is reported apart.
-    flops = IMPLEMENTATIONS[name].cost(
-        n1=case["n"],
-        n2=case["n"],
-        k=proj.shape[0],
-        p=n_params,
-        fp=forward_flops(apply_fn, params, x),
-        diag=spec.diag,
-        apply_fn=apply_fn,
-        params=params,
-        x1=x,
-        x2=None,
-    )
     mem = compiled.memory_analysis()
     temp = int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else 0
+    return float(cost.get("flops", float("nan"))), temp
+
+
+def run_case(case: dict) -> dict:
+    """Times one ``(model, n, width, o, implementation, kind)`` in this process."""
+    import jax
+
+    import ntk
+
+    if case.get("section") == "overhead":
+        return run_overhead_case(case)
+    apply_fn, params, shape = MODELS[case["model"]](case["width"], case["o"])
+    x = jax.random.normal(jax.random.key(1), (case["n"], *shape))
+    jax.block_until_ready((params, x))
+    rss0 = _rss_bytes()
+    fn = ntk.kernel_fn(apply_fn, kind=case["kind"], implementation=case["implementation"])
+    first, warm = _time_calls(lambda: jax.block_until_ready(fn(params, x)), case.get("repeats", 5))
+    warm_s = float(np.median(warm))
+    prep = fn.prepared(params, x, None, {})[0]
+    k = prep.proj_KO.shape[0]
+    flops = _nominal_flops(prep.implementation, case, k, prep.diag, apply_fn, params, x)
+    flops_xla, temp = _xla_stats(fn.lower(params, x).compile())
     dev = jax.devices()[0]
     stats = dev.memory_stats() if dev.platform == "gpu" else None
     return {
         **case,
-        "chosen": name,
-        "params": n_params,
-        "flops_xla": float(cost.get("flops", float("nan"))),
+        "chosen": prep.implementation,
+        "params": int(sum(np.size(a) for a in _leaves(params))),
+        "flops_xla": flops_xla,
         "compile_s": max(first - warm_s, 0.0),
         "first_call_s": first,
         "warm_median_s": warm_s,
@@ -358,150 +361,6 @@ def slopes(rows: list[dict]) -> dict:
                     "theory": THEORY.get(impl, {}).get(var, "O: 1 (VP), 1 -> 2 (SD)"),
                 }
     return out
-
-
-def _fmt_s(s: float) -> str:
-    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
-
-
-def markdown(result: dict) -> str:
-    """The README table: anchor and model rows, then the fitted exponents."""
-    m = result["machine"]
-    lines = [
-        f"Measured on {m['description']} ({m['platform']}, {m['device']}), jax {m['jax']}, "
-        f"float32, jit, warm median of {m['repeats']}; GFLOP/s = nominal FLOPs of the "
-        "algorithm (the cost model of `auto`) / warm time; measured GEMM rate "
-        f"{m['gemm']['jax_gflops']:.0f} GFLOP/s (jax), {m['gemm']['numpy_gflops']:.0f} (numpy).",
-        "",
-        "| model | N | kind | implementation | warm | compile | GFLOP/s (% GEMM) "
-        "| peak RSS | XLA temp | vs jacobian |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    rows = [r for r in result["rows"] if r.get("section") in ("anchor", "models")]
-    base = {
-        (r["model"], r["kind"]): r["warm_median_s"]
-        for r in rows
-        if r["implementation"] == "jacobian" and "warm_median_s" in r
-    }
-    for r in rows:
-        if "warm_median_s" not in r:
-            why = r.get("skipped") or r.get("error")
-            lines.append(
-                f"| {r['model']} | {r['n']} | {r['kind']} | {r['implementation']} "
-                f"| {why} | | | | | |"
-            )
-            continue
-        ratio = base.get((r["model"], r["kind"]))
-        pct = 100 * r["gflops_per_s"] / m["gemm"]["jax_gflops"]
-        impl = r["implementation"] + (f" ({r['chosen']})" if r["implementation"] == "auto" else "")
-        speedup = f"{ratio / r['warm_median_s']:.0f}x" if ratio else ""
-        lines.append(
-            f"| {r['model']} | {r['n']} | {r['kind']} | {impl} | {_fmt_s(r['warm_median_s'])} "
-            f"| {_fmt_s(r['compile_s'])} | {r['gflops_per_s']:.1f} ({pct:.0f}%) "
-            f"| {r['peak_rss_bytes'] / 2**30:.2f} GiB | {r['xla_temp_bytes'] / 2**20:.0f} MiB "
-            f"| {speedup} |"
-        )
-    over = [r for r in result["rows"] if r.get("section") == "overhead" and "kernel_fn_s" in r]
-    if over:
-        lines += [
-            "",
-            "Per-call overhead of the API: `ntk.kernel_fn` and the one-shot `ntk.kernel` against "
-            "the same kernel inside the caller's `jax.jit` (interleaved, warm, median of "
-            f"{over[0]['calls']} calls; goal: kernel_fn ≤ 1.10 × caller jit + 0.2 ms):",
-            "",
-            "| model | N | kind | implementation | caller jit | kernel_fn | ratio | extra "
-            "| ntk.kernel | meets goal |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in over:
-            lines.append(
-                f"| {r['model']} | {r['n']} | {r['kind']} | {r['implementation']} "
-                f"| {_fmt_s(r['caller_jit_s'])} | {_fmt_s(r['kernel_fn_s'])} "
-                f"| {r['kernel_fn_ratio']:.3f} | {r['kernel_fn_extra_s'] * 1e3:.3f} ms "
-                f"| {_fmt_s(r['kernel_s'])} | {'yes' if r['meets_goal'] else 'no'} |"
-            )
-    if result.get("slopes"):
-        lines += [
-            "",
-            "Fitted time exponents (log-log slope; top half = the larger sizes):",
-            "",
-            "| implementation | variable | slope | top half | theory |",
-            "|---|---|---|---|---|",
-        ]
-        for impl, d in result["slopes"].items():
-            for var, s in d.items():
-                top = f"{s['slope_top_half']:.2f}" if s["slope_top_half"] is not None else ""
-                lines.append(f"| {impl} | {var} | {s['slope']:.2f} | {top} | {s['theory']} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict, out_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, (section, var) in zip(
-        axes, (("scale_n", "n"), ("scale_width", "width"), ("scale_o", "o")), strict=True
-    ):
-        for impl in ("jacobian", "ntk_vp", "structured"):
-            pts = sorted(
-                (r[var], r["warm_median_s"])
-                for r in result["rows"]
-                if r.get("section") == section
-                and r["implementation"] == impl
-                and "warm_median_s" in r
-            )
-            if len(pts) >= 2:
-                slope = result["slopes"].get(impl, {}).get(var, {}).get("slope", float("nan"))
-                ax.loglog(*zip(*pts, strict=True), "o-", label=f"{impl} (slope {slope:.2f})")
-        ax.set_xlabel(var)
-        ax.set_ylabel("warm time [s]")
-        ax.set_title(f"full eNTK, MLP: time vs {var}")
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(str(path))
-
-    rows = [
-        r
-        for r in result["rows"]
-        if r.get("section") in ("anchor", "models")
-        and "warm_median_s" in r
-        and r["implementation"] != "auto"
-    ]
-    groups = sorted({(r["model"], r["kind"]) for r in rows})
-    impls = ("jacobian", "ntk_vp", "structured")
-    fig, ax = plt.subplots(figsize=(max(8, len(groups) * 1.1), 4))
-    width = 0.8 / len(impls)
-    for i, impl in enumerate(impls):
-        vals = [
-            next(
-                (
-                    r["warm_median_s"]
-                    for r in rows
-                    if (r["model"], r["kind"]) == g and r["implementation"] == impl
-                ),
-                np.nan,
-            )
-            for g in groups
-        ]
-        ax.bar(np.arange(len(groups)) + i * width, vals, width, label=impl)
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(groups)) + width, [f"{m}\n{k}" for m, k in groups], fontsize=8)
-    ax.set_ylabel("warm time [s]")
-    ax.legend()
-    fig.tight_layout()
-    path = out_dir / "implementations.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(str(path))
-    return files
 
 
 def machine_info(repeats: int) -> dict:

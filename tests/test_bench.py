@@ -57,3 +57,24 @@ def test_scale_bench_row_streams_a_correct_kernel(tmp_path, monkeypatch):
     assert row["shape"] == [70, 70] and row["spot_check_max_rel_err"] < 1e-10
     assert np.isfinite(row["seconds"])
     assert "tiny" in bench_scale.markdown_table([row])
+
+
+def test_plots_draw_every_computed_series(tmp_path):
+    rows = [
+        {"section": "scale_n", "implementation": impl, "n": n, "warm_median_s": c * n}
+        for c, impl in enumerate(bench.IMPLS[:3], start=1)
+        for n in (8, 16, 32)
+    ]
+    rows += [
+        {"section": "models", "model": "mlp", "kind": "entk", "implementation": impl,
+         "warm_median_s": 0.1}
+        for impl in bench.IMPLS[:3]
+    ]  # fmt: skip
+    result = {"rows": rows, "slopes": bench.slopes(rows)}
+    files = bench.plot(result, tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in files] == ["scaling.png", "implementations.png"]
+    import matplotlib.image
+
+    for path in files:
+        img = matplotlib.image.imread(path)
+        assert img.shape[0] > 100 and img.std() > 0  # a drawn figure, not a blank canvas
