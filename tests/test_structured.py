@@ -12,7 +12,7 @@ from _compiles import count_backend_compiles
 from _models import MODELS, inputs, reference_entk
 
 import ntk
-from ntk.kernels import structured
+from ntk.kernels import sd_contract, structured
 from ntk.kernels.api import clear_caches
 
 DN_NHWC = ("NHWC", "HWIO", "NHWC")
@@ -30,7 +30,7 @@ def weight_used_twice():
         h = jnp.tanh(x @ p["w"])
         return jnp.tanh(h @ p["w"]) @ p["out"]
 
-    return f, params, inputs((6,), 5, 0), {"structured": {"out"}}
+    return f, params, inputs((6,), 5, 0), {"structured": {"w", "out"}}
 
 
 def embedding():
@@ -41,7 +41,7 @@ def embedding():
         return jnp.tanh(e.reshape(x.shape[0], -1)) @ p["w"] + p["b"][None]
 
     x = jax.random.randint(jax.random.key(9), (5, 3), 0, 11)
-    return f, params, x, {"structured": {"w"}, "bias": {"b"}}
+    return f, params, x, {"structured": {"emb", "w"}, "bias": {"b"}}
 
 
 def scaled_transposed_weights():
@@ -72,7 +72,7 @@ def conv_variants():
         "strided": _p(13, 3, 3, 2, 4, scale=0.3),  # HWIO, stride 2, asymmetric padding
         "dilated": _p(14, 2, 2, 4, 4, scale=0.3),  # rhs dilation
         "transposed": _p(15, 3, 4, 2, 2, scale=0.3),  # OIHW with lhs dilation
-        "depthwise": _p(16, 3, 3, 1, 3, scale=0.3),  # feature_group_count=3: falls back
+        "depthwise": _p(16, 3, 3, 1, 3, scale=0.3),  # feature_group_count=3: per group
         "conv1d": _p(17, 3, 3, 2, scale=0.3),  # 1-D conv over the flattened width
         "out": _p(18, 4, 2),
     }
@@ -104,7 +104,7 @@ def conv_variants():
         )
         return jnp.tanh(h).reshape(h.shape[0], -1) @ p["out"]
 
-    structured_leaves = {"strided", "dilated", "transposed", "conv1d", "out"}
+    structured_leaves = {"strided", "dilated", "transposed", "depthwise", "conv1d", "out"}
     return f, params, inputs((9, 9, 2), 4, 0), {"structured": structured_leaves}
 
 
@@ -124,7 +124,7 @@ def nested_jit_checkpoint_and_param_product():
         h = block(h, p["u"])
         return h @ (p["u"] @ p["v"]) * 0.5 + x @ p["z"]  # u used twice; v via a param product
 
-    return f, params, inputs((4,), 5, 0), {"structured": {"w", "v", "z"}}
+    return f, params, inputs((4,), 5, 0), {"structured": {"w", "u", "v", "z"}}
 
 
 def flax_resnet_block():
@@ -153,7 +153,8 @@ def flax_resnet_block():
 
 
 def scanned_layers():
-    """Stacked weights applied by lax.scan (as nn.scan / nnx.scan do): exact by fallback."""
+    """Stacked weights applied by lax.scan (as nn.scan / nnx.scan do): one group per layer,
+    the stacked bias folded in."""
     params = {"w": _p(23, 3, 5, 5), "b": _p(24, 3, 5, scale=0.1), "out": _p(25, 5, 3)}
 
     def f(p, x):
@@ -163,12 +164,12 @@ def scanned_layers():
         h, _ = jax.lax.scan(layer, x, (p["w"], p["b"]))
         return h @ p["out"]
 
-    return f, params, inputs((5,), 5, 0), {"structured": {"out"}}
+    return f, params, inputs((5,), 5, 0), {"structured": {"w", "out"}, "bias": {"b"}}
 
 
 def per_head_weights_and_attention():
-    """Weights with a batch (head) dim fall back; q/k/v projections inside softmax attention
-    and a custom_vjp activation under cond and fori_loop stay structured."""
+    """Weights with a batch (head) dim are one group per head; q/k/v projections inside
+    softmax attention and a custom_vjp activation under cond and fori_loop stay structured."""
 
     @jax.custom_vjp
     def act(h):
@@ -194,7 +195,7 @@ def per_head_weights_and_attention():
         h = jax.lax.fori_loop(0, 2, lambda i, t: jnp.tanh(t), h)
         return h.reshape(x.shape[0], -1) @ p["out"]
 
-    return f, params, inputs((6,), 5, 0), {"structured": {"q", "k", "v", "out"}}
+    return f, params, inputs((6,), 5, 0), {"structured": {"heads", "q", "k", "v", "out"}}
 
 
 def parameter_products():
@@ -289,7 +290,7 @@ def test_both_site_strategies_are_exact(force, kind, monkeypatch):
     def fake_costs(*args, **kwargs):
         return (0.0, math.inf, 0.0) if force == "structured_sum" else (math.inf, 0.0, 0.0)
 
-    monkeypatch.setattr(structured, "site_costs", fake_costs)
+    monkeypatch.setattr(sd_contract, "site_costs", fake_costs)
     clear_caches()
     try:
         f, params, x, _ = conv_variants()
@@ -310,13 +311,13 @@ def test_single_cotangent_materialises_by_vjp(monkeypatch):
     """K = 1 turns the sites that would materialise J_W into fallback leaves; K > 1 keeps them."""
     f, params, x, want = conv_variants()
     plan = structured.plan_for(f, params, x, 1)
-    monkeypatch.setattr(structured, "site_costs", lambda *a, **k: (math.inf, 0.0, 0.0))
-    one = structured._single_cotangent_by_vjp(plan, 4, 4, 1, False)
+    monkeypatch.setattr(sd_contract, "site_costs", lambda *a, **k: (math.inf, 0.0, 0.0))
+    one, _ = structured.effective_plan(plan, 4, 4, 1, False)
     names = sorted(params)
     convs = {n for n in want["structured"] if n != "out"}
-    assert {names[i] for i in one.sites} == want["structured"] - convs  # only the dense (S=1)
+    assert {names[i] for i in one.rules} == want["structured"] - convs  # only the dense (S=1)
     assert set(one.fallback) == set(plan.fallback) | {names.index(n) for n in convs}
-    assert structured._single_cotangent_by_vjp(plan, 4, 4, 3, False) is plan
+    assert structured.effective_plan(plan, 4, 4, 3, False)[0] is plan
 
 
 def test_structured_float32_and_jit_and_no_recompile():
