@@ -11,10 +11,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["check_choice"]
+__all__ = ["check_choice", "lookup"]
 
 
 def check_choice(name: str, value: Any, registry: Collection) -> None:
@@ -22,3 +22,9 @@ def check_choice(name: str, value: Any, registry: Collection) -> None:
     ``value`` is one of ``registry`` (a dict of named entries, a tuple or set of names)."""
     if value not in registry:
         raise ValueError(f"{name}: unknown value {value!r}; valid: {sorted(registry)}")
+
+
+def lookup(name: str, value: Any, registry: Mapping) -> Any:
+    """``registry[value]`` after :func:`check_choice` (the registry pattern: names to entries)."""
+    check_choice(name, value, registry)
+    return registry[value]

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ntk.checks import check_choice
+
 __all__ = [
     "LOADERS",
     "Dataset",
@@ -173,8 +175,7 @@ def _load_synthetic(
             raise ValueError(f"{arg}: must be positive, got {value!r}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes: must be at least 2, got {num_classes!r}")
-    if teacher not in TEACHERS:
-        raise ValueError(f"teacher: unknown value {teacher!r}; valid: {sorted(TEACHERS)}")
+    check_choice("teacher", teacher, TEACHERS)
     rng = np.random.default_rng(seed)
     x_ND = rng.standard_normal((train_size + test_size, dim)).astype(np.float32)
     y_N = TEACHERS[teacher](rng, x_ND.astype(np.float64), num_classes).astype(np.int32)
@@ -320,8 +321,7 @@ def load_dataset(
       ValueError: unknown name or option, or an invalid subset.
       FileNotFoundError: TFDS data that is not prepared under ``data_dir`` (at once).
     """
-    if name not in LOADERS:
-        raise ValueError(f"dataset: unknown value {name!r}; valid: {sorted(LOADERS)}")
+    check_choice("dataset", name, LOADERS)
     try:
         raw = LOADERS[name](data_dir=data_dir, download=download, seed=seed, **options)
     except TypeError as e:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ntk.adapters import from_linen
+from ntk.checks import lookup
 
 __all__ = [
     "ACTIVATIONS",
@@ -96,12 +97,6 @@ def _normal(std: float):
     return init
 
 
-def _lookup(registry: dict, name: str, what: str):
-    if name not in registry:
-        raise ValueError(f"{what}: unknown value {name!r}; valid: {sorted(registry)}")
-    return registry[name]
-
-
 class Dense(nn.Module):
     """Dense layer ``[..., fan_in] -> [..., features]`` with standard or NTK parameterisation."""
 
@@ -113,7 +108,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x_NI: jax.Array) -> jax.Array:
-        param_fn = _lookup(PARAMETERIZATIONS, self.parameterization, "parameterization")
+        param_fn = lookup("parameterization", self.parameterization, PARAMETERIZATIONS)
         fan_in = x_NI.shape[-1]
         w_std, w_scale = param_fn(self.sigma_w, fan_in)
         w_IO = self.param("kernel", _normal(w_std), (fan_in, self.features))
@@ -142,7 +137,7 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x_NSC: jax.Array) -> jax.Array:
-        param_fn = _lookup(PARAMETERIZATIONS, self.parameterization, "parameterization")
+        param_fn = lookup("parameterization", self.parameterization, PARAMETERIZATIONS)
         n_spatial = x_NSC.ndim - 2
         if n_spatial not in _CONV_DIMS:
             raise ValueError(
@@ -205,9 +200,9 @@ def _check_common(module: Any) -> None:
         value = getattr(module, field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{field}: must be a positive int, got {value!r}")
-    _lookup(PARAMETERIZATIONS, module.parameterization, "parameterization")
-    _lookup(ACTIVATIONS, module.activation, "activation")
-    _lookup(NORMS, module.norm, "norm")
+    lookup("parameterization", module.parameterization, PARAMETERIZATIONS)
+    lookup("activation", module.activation, ACTIVATIONS)
+    lookup("norm", module.norm, NORMS)
 
 
 def _check_spatial(name: str, x: jax.Array) -> None:
@@ -395,7 +390,7 @@ MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet
 
 
 def _model_cls(name: str) -> type[nn.Module]:
-    return _lookup(MODELS, name, "model")
+    return lookup("model", name, MODELS)
 
 
 def input_kind(name: str) -> str:

@@ -44,6 +44,7 @@ from flax import struct
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from ntk.checks import lookup
 from ntk_repro import checkpoint as ckpt
 from ntk_repro.config import group_defaults
 from ntk_repro.data import LOADERS, Dataset, load_dataset, reshape_for
@@ -126,12 +127,6 @@ def _adam(
 OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"sgd": _sgd, "adam": _adam}
 
 
-def _lookup(registry: Mapping, name: Any, what: str):
-    if name not in registry:
-        raise ValueError(f"{what}: unknown value {name!r}; valid: {sorted(registry)}")
-    return registry[name]
-
-
 def build_optimizer(
     opt_cfg: Mapping[str, Any], *, steps_per_epoch: int, epochs: int
 ) -> optax.GradientTransformation:
@@ -143,9 +138,9 @@ def build_optimizer(
       steps_per_epoch, epochs: give the schedule's length.
     """
     opt_cfg = dict(opt_cfg)
-    make = _lookup(OPTIMIZERS, opt_cfg.pop("name", None), "optimizer")
+    make = lookup("optimizer", opt_cfg.pop("name", None), OPTIMIZERS)
     lr = float(opt_cfg.pop("learning_rate"))
-    schedule_fn = _lookup(SCHEDULES, opt_cfg.pop("schedule", "constant"), "optimizer.schedule")
+    schedule_fn = lookup("optimizer.schedule", opt_cfg.pop("schedule", "constant"), SCHEDULES)
     warmup_steps = int(round(float(opt_cfg.pop("warmup_epochs", 0)) * steps_per_epoch))
     valid = set(inspect.signature(make).parameters) - {"learning_rate"}
     unknown = sorted(set(opt_cfg) - valid)
@@ -185,7 +180,7 @@ def _variables(state: TrainState, params: Any) -> dict:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str) -> Callable:
     """Jitted ``train_step(state, x_BX, y_B) -> (state, {"loss", "acc"})`` (train mode;
     BatchNorm statistics are updated from the batch)."""
-    loss_fn = _lookup(LOSSES, loss, "trainer.loss")
+    loss_fn = lookup("trainer.loss", loss, LOSSES)
 
     def train_step(state: TrainState, x_BX: jax.Array, y_B: jax.Array):
         def objective(params):
@@ -214,7 +209,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
 def make_eval_step(model: nn.Module, loss: str) -> Callable:
     """Jitted ``eval_step(state, x_BX, y_B, mask_B) -> {"loss_sum", "correct"}`` in eval mode;
     rows with ``mask_B == 0`` (padding) are ignored."""
-    loss_fn = _lookup(LOSSES, loss, "trainer.loss")
+    loss_fn = lookup("trainer.loss", loss, LOSSES)
 
     def eval_step(state: TrainState, x_BX: jax.Array, y_B: jax.Array, mask_B: jax.Array):
         logits_BO = model.apply(_variables(state, state.params), x_BX, train=False)
@@ -294,10 +289,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"{section}: the config needs a '{section}' group with a 'name'")
     model_cfg = dict(cfg["model"])
     build_model(model_cfg.pop("name"), num_classes=2, **model_cfg)  # checks name and values
-    _lookup(LOADERS, cfg["data"]["name"], "dataset")
+    lookup("dataset", cfg["data"]["name"], LOADERS)
     build_optimizer(cfg["optimizer"], steps_per_epoch=1, epochs=1)
     trainer = cfg["trainer"]
-    _lookup(LOSSES, trainer["loss"], "trainer.loss")
+    lookup("trainer.loss", trainer["loss"], LOSSES)
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
         value = trainer[key]
         low = 0 if key == "epochs" else 1  # epochs=0: the init checkpoint only
