@@ -41,7 +41,6 @@ __all__ = [
     "METRICS_FILE",
     "RESUME_IGNORED_KEYS",
     "Checkpoint",
-    "atomic_write_text",
     "checkpoint_epochs_saved",
     "checkpoint_manager",
     "config_diff",
@@ -59,10 +58,6 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 # Config keys (and key prefixes) that may change between a run and its resumption.
 RESUME_IGNORED_KEYS = ("trainer.progress", "logger", "data.data_dir", "data.download")
-
-
-# Kept for its callers; new code calls ntk.atomic.write_text (file and directory fsync).
-atomic_write_text = atomic.write_text
 
 
 def ensure_writable_dir(path: str | Path) -> Path:

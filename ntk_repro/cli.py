@@ -43,12 +43,12 @@ def report(cfg: DictConfig) -> None:
 @hydra.main(config_name="recompute", **_CONF)
 def recompute(cfg: DictConfig) -> None:
     """Kernel metrics of every saved checkpoint of ``run_dir`` -> ``run_dir/recomputed.jsonl``."""
-    from ntk_repro.checkpoint import atomic_write_text
+    from ntk import atomic
     from ntk_repro.experiment import recompute as recompute_run
 
     records = recompute_run(cfg.run_dir)
     text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write_text(Path(cfg.run_dir) / "recomputed.jsonl", text)
+    atomic.write_text(Path(cfg.run_dir) / "recomputed.jsonl", text)
     print(f"{len(records)} checkpoints -> {cfg.run_dir}/recomputed.jsonl")
 
 

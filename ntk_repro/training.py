@@ -44,6 +44,7 @@ from flax import struct
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from ntk import atomic
 from ntk.checks import lookup
 from ntk_repro import checkpoint as ckpt
 from ntk_repro.config import group_defaults
@@ -451,7 +452,7 @@ def train(
         start_epoch, step = resumed_from, int(restored["meta"]["step"])
         records = [r for r in ckpt.read_metrics(out) if r["epoch"] <= resumed_from]
         log.info("resuming %s from epoch %d (step %d)", out, start_epoch, step)
-    ckpt.atomic_write_text(out / ckpt.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    atomic.write_text(out / ckpt.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg)))
     ckpt.write_metrics(out, records)
 
     def finish_epoch(epoch: int) -> None:
