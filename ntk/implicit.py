@@ -30,7 +30,7 @@ import numpy as np
 from ntk.adapters import ApplyFn
 from ntk.checks import check_choice
 from ntk.kernels import _checks
-from ntk.kernels.api import forward_mode_error, prepare
+from ntk.kernels.api import KINDS, forward_mode_error, prepare
 from ntk.kernels.implementations import per_example_jacobian
 from ntk.kernels.model import pad_rows
 from ntk.regression import (
@@ -45,11 +45,12 @@ _KINDS = ("entk", "pntk")
 
 
 def _summed(apply_fn):
-    """``g(params, x) = (1/√O) Σ_o f_o(params, x)`` as a ``[batch, 1]`` model."""
+    """``g(params, x) = (1/√O) Σ_o f_o(params, x)`` as a ``[batch, 1]`` model: the outputs
+    through the pNTK kind's own projection (its scaling is defined there only)."""
 
     def g(params, x):
         out_NO = apply_fn(params, x)
-        return jnp.sum(out_NO, axis=1, keepdims=True) / math.sqrt(out_NO.shape[1])
+        return out_NO @ KINDS["pntk"].projection(out_NO.shape[1], out_NO.dtype).T
 
     return g
 
@@ -225,9 +226,9 @@ def kernel_diagonal(
     pNTK ``‖∇θ g(x_n)‖²`` as ``[N]``. Costs about ``N·O`` backward passes (N for the pNTK).
     """
     o, dtype = _check_common(apply_fn, params, x, batch_size, kind)
-    proj_KO = jnp.eye(o, dtype=dtype) if kind == "entk" else jnp.full((1, o), 1 / math.sqrt(o))
+    proj_KO = KINDS[kind].projection(o, dtype)
     chunk = min(int(x.shape[0]), batch_size or 16)
-    d_NK = _diagonal(apply_fn, kind, chunk, params, x, proj_KO.astype(dtype))
+    d_NK = _diagonal(apply_fn, kind, chunk, params, x, proj_KO)
     return d_NK if kind == "entk" else d_NK[:, 0]
 
 
