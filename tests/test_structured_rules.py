@@ -359,3 +359,45 @@ def test_embedding_cost_independent_of_vocabulary():
     small, big = costs[1000]["['E']"], costs[50_000]["['E']"]
     assert big.flops == small.flops and big.memory_bytes == small.memory_bytes
     assert big.fallback_flops == 50 * small.fallback_flops
+
+
+def test_diagnose_names_rules_and_reasons():
+    f, params, x, _, _ = tied_embedding_lm()
+    d = ntk.diagnose(f, params, x)
+    by_name = {r.name: r for r in d.leaves}
+    assert by_name["['E']"].path == "structured" and "gather" in by_name["['E']"].rule
+    assert "transposed" in by_name["['E']"].rule
+    assert by_name["['pos']"].path == "fallback" and "add" in by_name["['pos']"].rule
+    assert by_name["['pos']"].flops == by_name["['pos']"].fallback_flops > 0
+    assert set(d.estimates) == set(ntk.IMPLEMENTATIONS) and d.implementation in d.estimates
+    assert 0 < d.structured_fraction < 1
+    text = str(d)
+    assert "['E']" in text and "fallback" in text and "auto ->" in text
+    pntk = ntk.diagnose(f, params, x, kind="pntk")
+    assert all(r.memory_bytes <= r.fallback_memory_bytes * 10 for r in pntk.leaves)
+
+
+def test_auto_respects_the_memory_budget():
+    """auto picks the cheapest implementation whose estimated peak memory fits the budget,
+    and the least memory when none fits; the kernel is the same either way."""
+    from ntk.kernels.api import implementation_estimates
+
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"w1": jax.random.normal(k[0], (16, 64)), "w2": jax.random.normal(k[1], (64, 10))}
+
+    def f(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    x = jax.random.normal(k[2], (8, 16))
+    est = implementation_estimates(f, params, x, None, 10, False)
+    for budget in sorted({m for _, m in est.values()}) + [0.0]:
+        got = ntk.choose_implementation(f, params, x, None, 10, False, memory_budget=budget)
+        fits = [n for n, (_, m) in est.items() if m <= budget]
+        if fits:
+            assert got == min(fits, key=lambda n: est[n][0])
+        else:
+            assert got == min(est, key=lambda n: est[n][1])
+    small = min(est, key=lambda n: est[n][1])
+    fn = ntk.kernel_fn(f, memory_budget=est[small][1])
+    assert fn.prepared(params, x, None, {})[0].implementation == small
+    _assert_close(fn(params, x), reference_entk(f, params, x))

@@ -13,12 +13,14 @@ from ntk.kernels.api import (
     single_logit_ntk,
     trace_ntk,
 )
+from ntk.kernels.diagnose import diagnose
 from ntk.kernels.implementations import IMPLEMENTATIONS
 
 __all__ = [
     "IMPLEMENTATIONS",
     "KINDS",
     "choose_implementation",
+    "diagnose",
     "diagonal_ntk",
     "entk",
     "kernel",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk.kernels import _checks
-from ntk.kernels.implementations import IMPLEMENTATIONS, jaxpr_cost, sub_jaxprs
+from ntk.kernels.implementations import (
+    IMPLEMENTATIONS,
+    jaxpr_activations,
+    jaxpr_cost,
+    sub_jaxprs,
+)
 from ntk.kernels.model import (
     Model,
     Signature,
@@ -157,6 +163,7 @@ class Facts:
     flops: float
     exact: bool
     custom_vjp: bool
+    activations: float = 0.0  # elements of the forward intermediates
 
 
 @functools.lru_cache(maxsize=256)
@@ -165,7 +172,8 @@ def _facts(sig: Signature) -> Facts:
     closed = jax.make_jaxpr(lambda p, a, d: sig.model(d)(p, a))(params, x, dynamic)
     flops, exact = jaxpr_cost(closed.jaxpr)
     p = sum(math.prod(s) for s, _ in sig.params[1])
-    return Facts(max(flops, 2.0 * p), exact, _custom_vjp_in(closed.jaxpr))
+    acts = jaxpr_activations(closed.jaxpr)
+    return Facts(max(flops, 2.0 * p), exact, _custom_vjp_in(closed.jaxpr), acts)
 
 
 def model_facts(apply_fn, params, x) -> Facts:
@@ -223,31 +231,76 @@ def warn_once(key: Any, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def choose_implementation(apply_fn, params, x1, x2, k: int, diag: bool) -> str:
-    """Name of the registered implementation with the lowest estimated FLOP count.
+def default_memory_budget() -> float:
+    """Bytes ``auto`` may plan for: ``$NTK_MEMORY_BUDGET`` (bytes, or with a K/M/G/T suffix)
+    if set, else 80% of the default device's memory limit (GPU/TPU) or 50% of the host's
+    physical memory (CPU)."""
+    env = os.environ.get("NTK_MEMORY_BUDGET")
+    if env:
+        units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        text = env.strip().upper().removesuffix("B")
+        mult = units.get(text[-1:], 1)
+        return float(text[:-1] if mult > 1 else text) * mult
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # backends without memory stats
+        stats = {}
+    if stats.get("bytes_limit"):
+        return 0.8 * stats["bytes_limit"]
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def implementation_estimates(apply_fn, params, x1, x2, k: int, diag: bool) -> dict:
+    """``{name: (FLOPs, peak bytes)}`` of every registered implementation (estimates)."""
+    model = as_model(apply_fn)
+    n1 = batch_len(x1)
+    n2 = n1 if x2 is None else batch_len(x2)
+    leaves = jax.tree_util.tree_leaves(params)
+    p = sum(int(np.prod(np.shape(leaf))) for leaf in leaves)
+    itemsize = max(np.dtype(leaf.dtype).itemsize for leaf in leaves)
+    facts = model_facts(model, params, x1)
+    ctx = dict(apply_fn=model, params=params, x1=x1, x2=x2)
+    shape = dict(n1=n1, n2=n2, k=k, p=p, diag=diag)
+    out = {}
+    for name, impl in IMPLEMENTATIONS.items():
+        flops = impl.cost(fp=facts.flops, **shape, **ctx)
+        mem = 0.0
+        if impl.memory is not None and flops < math.inf:
+            mem = impl.memory(y=facts.activations, itemsize=itemsize, **shape, **ctx)
+        out[name] = (flops, mem)
+    return out
+
+
+def choose_implementation(
+    apply_fn, params, x1, x2, k: int, diag: bool, *, memory_budget: float | None = None
+) -> str:
+    """Name of the registered implementation with the lowest estimated FLOP count among
+    those whose estimated peak memory fits ``memory_budget`` bytes (default
+    :func:`default_memory_budget`); if none fits, the one with the least memory.
 
     Forward-mode implementations are skipped when ``jax.jvp`` cannot trace ``apply_fn``;
     implementations whose cost multiplies the forward pass by N1·N2 are skipped when the
     forward pass's FLOPs are only a lower bound (a ``while`` loop).
     """
-    model = as_model(apply_fn)
-    n1 = batch_len(x1)
-    n2 = n1 if x2 is None else batch_len(x2)
-    p = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
-    facts = model_facts(model, params, x1)
-    ctx = dict(apply_fn=model, params=params, x1=x1, x2=x2)
-    costs = {
-        name: impl.cost(n1=n1, n2=n2, k=k, p=p, fp=facts.flops, diag=diag, **ctx)
-        for name, impl in IMPLEMENTATIONS.items()
-    }
-    for name in sorted(costs, key=costs.get):
+    facts = model_facts(as_model(apply_fn), params, x1)
+    est = implementation_estimates(apply_fn, params, x1, x2, k, diag)
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    eligible = []
+    for name in sorted(est, key=lambda n: est[n][0]):
         impl = IMPLEMENTATIONS[name]
         if impl.forward_mode and facts.custom_vjp:
             continue
         if impl.quadratic_in_forward and not facts.exact:
             continue
-        return name
-    raise AssertionError("unreachable: 'jacobian' needs reverse mode only")
+        if est[name][0] < math.inf:
+            eligible.append(name)
+    if not eligible:
+        return "jacobian"
+    fits = [name for name in eligible if est[name][1] <= budget]
+    return fits[0] if fits else min(eligible, key=lambda n: est[n][1])
 
 
 # --- the one preparation path ---------------------------------------------------------------
@@ -268,7 +321,9 @@ class Prepared:
         return KINDS[self.kind].diag
 
 
-def prepare(apply_fn, params, x1, x2=None, *, kind, implementation, kind_options) -> Prepared:
+def prepare(
+    apply_fn, params, x1, x2=None, *, kind, implementation, kind_options, memory_budget=None
+) -> Prepared:
     """Validates a kernel call and resolves its implementation: the checks and choices shared
     by :func:`kernel_fn`, :func:`ntk.stream_kernel`, :func:`ntk.sharded_kernel` and
     :mod:`ntk.implicit`. ``apply_fn`` may be a :class:`~ntk.kernels.model.Model`."""
@@ -283,7 +338,9 @@ def prepare(apply_fn, params, x1, x2=None, *, kind, implementation, kind_options
     with jax.ensure_compile_time_eval():  # concrete even inside the caller's jit
         proj_KO = spec.projection(o, dtype, **kind_options)
     if impl is None:
-        name = choose_implementation(model, params, x1, x2, proj_KO.shape[0], spec.diag)
+        name = choose_implementation(
+            model, params, x1, x2, proj_KO.shape[0], spec.diag, memory_budget=memory_budget
+        )
     else:
         name = implementation
         if impl.forward_mode and (why := forward_mode_error(model, params, x1)) is not None:
@@ -346,7 +403,9 @@ def _blocked(compute, x1, x2, batch_size, diag):
 class KernelFn:
     """``fn(params, x1, x2=None, **apply_kwargs)``: a kernel built once; see :func:`kernel_fn`."""
 
-    def __init__(self, apply_fn, kind, implementation, batch_size, kind_options):
+    def __init__(
+        self, apply_fn, kind, implementation, batch_size, kind_options, memory_budget=None
+    ):
         if not callable(apply_fn):
             raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
         _checks.check_choice("kind", kind, KINDS)
@@ -358,6 +417,7 @@ class KernelFn:
         self.implementation = implementation
         self.batch_size = batch_size
         self.kind_options = dict(kind_options)
+        self.memory_budget = memory_budget
         self._prepared: dict = {}
         statics = ("implementation", "static", "reduce")
         self._jit = jax.jit(self._compute, static_argnames=statics)
@@ -407,6 +467,7 @@ class KernelFn:
             kind=self.kind,
             implementation=self.implementation,
             kind_options=options,
+            memory_budget=self.memory_budget,
         )
         if key is not None and not _checks.is_traced(prep.proj_KO):
             self._prepared[key] = prep
@@ -446,6 +507,7 @@ def kernel_fn(
     kind: str = "entk",
     implementation: str = "auto",
     batch_size: int | None = None,
+    memory_budget: float | None = None,
     **kind_options: Any,
 ) -> KernelFn:
     """Builds ``fn(params, x1, x2=None, **apply_kwargs)``, a kernel you call many times.
@@ -466,6 +528,9 @@ def kernel_fn(
       implementation: one of :data:`IMPLEMENTATIONS` or ``"auto"`` (lowest estimated cost).
       batch_size: if set, compute in blocks of this many rows of x1 and x2 (one compile for
         all blocks); the blocks are assembled into one array.
+      memory_budget: bytes that ``"auto"`` never plans to exceed when an implementation
+        fits (default :func:`default_memory_budget`: ``$NTK_MEMORY_BUDGET`` or a share of the
+        device's memory).
       **kind_options: ``logit`` for ``single_logit``; ``key`` and ``n_projections`` for
         ``random_projection``.
 
@@ -483,7 +548,7 @@ def kernel_fn(
       >>> fn(p, jnp.ones((5, 3)), scale=jnp.asarray(0.5)).shape
       (5, 5)
     """
-    return KernelFn(apply_fn, kind, implementation, batch_size, kind_options)
+    return KernelFn(apply_fn, kind, implementation, batch_size, kind_options, memory_budget)
 
 
 @functools.lru_cache(maxsize=64)

@@ -164,6 +164,18 @@ def jaxpr_cost(jaxpr) -> tuple[float, bool]:
     return total, exact
 
 
+def jaxpr_activations(jaxpr) -> float:
+    """Elements of every intermediate of a jaxpr (an upper bound on what a vjp keeps):
+    ``scan`` bodies count ``length`` times, other sub-jaxprs once."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        subs = [jaxpr_activations(j) for j in sub_jaxprs(eqn)]
+        if subs:
+            total += (eqn.params["length"] if eqn.primitive.name == "scan" else 1) * max(subs)
+        total += sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+    return total
+
+
 def jaxpr_flops(jaxpr) -> float:
     """FLOPs of a jaxpr (see :func:`jaxpr_cost`)."""
     return jaxpr_cost(jaxpr)[0]
@@ -180,6 +192,8 @@ class Implementation:
     # Cost grows like N1·N2 forward passes: not chosen by ``auto`` when the forward pass's
     # FLOP count is a lower bound only (a while loop in the model).
     quadratic_in_forward: bool = False
+    # Estimated peak bytes (used by ``auto`` against a memory budget); None: not estimated.
+    memory: Callable[..., float] | None = None
 
 
 # FLOP models, with [FP] = fp the per-example forward pass: a vjp is one forward plus ~2[FP]
@@ -192,11 +206,24 @@ def _cost_ntk_vp(n1, n2, k, p, fp, diag, **_):
     return n2 * k * (3.0 + 3.0 * n1) * fp
 
 
+# Memory models (bytes), with y the elements of one example's forward intermediates: a vjp
+# keeps the forward residuals and carries one cotangent per output through them.
+def _memory_jacobian(n1, n2, k, p, y, diag, itemsize, **_):
+    kk = k if diag else k * k
+    return itemsize * ((n1 + n2) * (k * p + (1 + k) * y) + n1 * n2 * kk)
+
+
+def _memory_ntk_vp(n1, n2, k, p, y, diag, itemsize, **_):
+    kk = k if diag else k * k
+    return itemsize * (k * p + (1 + k) * y + 2 * k * n1 * y + n1 * n2 * kk)
+
+
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "jacobian": Implementation(
         jacobian_contraction,
         _cost_jacobian,
         "Jacobian contraction: exact oracle; memory N·K·P. Wins only for exotic layers.",
+        memory=_memory_jacobian,
     ),
     "ntk_vp": Implementation(
         ntk_vector_products,
@@ -205,5 +232,6 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         "cheap forward pass with small N.",
         forward_mode=True,
         quadratic_in_forward=True,
+        memory=_memory_ntk_vp,
     ),
 }

@@ -244,4 +244,5 @@ IMPLEMENTATIONS["structured"] = Implementation(
     "Structured derivatives: dense/conv/embedding weights (shared, tied, scan-stacked, "
     "per-head, grouped) from activations x cotangents, other leaves by Jacobian "
     "contraction. Usually fastest when O < width.",
+    memory=structured_memory,
 )
