@@ -42,7 +42,8 @@ def from_linen(
     Returns:
       ``(apply_fn, params)`` with ``apply_fn(params, x, **collections) = module.apply(
       {"params": params, **collections}, x, **apply_kwargs)``, each collection defaulting
-      to its value in ``variables``; ``params`` is ``variables["params"]``.
+      to its value in ``variables``; other keywords (``rngs=``) go to ``module.apply``;
+      ``params`` is ``variables["params"]``.
     """
     if not isinstance(variables, Mapping) or "params" not in variables:
         keys = list(variables) if isinstance(variables, Mapping) else type(variables).__name__
@@ -54,13 +55,13 @@ def from_linen(
 
 
 def _with_collections(apply, defaults: dict, apply_kwargs: dict) -> ApplyFn:
-    def apply_fn(params, x, **collections):
-        unknown = sorted(set(collections) - set(defaults))
-        if unknown:
-            raise TypeError(
-                f"apply_fn: unknown collections {unknown}; the model holds {sorted(defaults)}"
-            )
-        return apply({"params": params, **defaults, **collections}, x, **apply_kwargs)
+    """Keywords named like a collection replace it; any other keyword (``train=``,
+    ``rngs=``) goes to ``apply`` itself, over the adapter's ``apply_kwargs``."""
+
+    def apply_fn(params, x, **kwargs):
+        collections = {k: v for k, v in kwargs.items() if k in defaults}
+        rest = {k: v for k, v in kwargs.items() if k not in defaults}
+        return apply({"params": params, **defaults, **collections}, x, **{**apply_kwargs, **rest})
 
     return apply_fn
 

@@ -359,3 +359,91 @@ def test_one_preparation_path_errors_agree():
     ):
         with pytest.raises(ValueError, match=r"x1: contains NaN or Inf \(shape \(4, 3\)\)"):
             call()
+
+
+def test_batch_shaped_state_is_refused_not_broadcast():
+    """A mask passed as apply_kwargs would be broadcast from a one-example trace."""
+    f = lambda q, x, mask: (jnp.tanh(x @ q["w"]) * mask[:, None]) @ q["v"]
+    p = {"w": inputs((6,), 4, 0), "v": inputs((3,), 6, 1)}
+    x = inputs((4,), 5, 2)
+    mask = jnp.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match=r"apply_kwargs\['mask'\] has the batch axis \(5\)"):
+        ntk.kernel_fn(f)(p, x, mask=mask)
+    # the same mask as part of x is a per-example input: exact
+    g = lambda q, b: f(q, b["x"], b["mask"])
+    want = reference_entk(lambda q, a: f(q, a[:, :4], a[:, 4]), p, jnp.c_[x, mask])
+    np.testing.assert_allclose(ntk.kernel_fn(g)(p, {"x": x, "mask": mask}), want, rtol=1e-9)
+
+
+def test_array_kind_options_validate_once_and_follow_the_key(monkeypatch):
+    from ntk.kernels import _checks
+
+    f, params, shape = MODELS["mlp"]()
+    x = inputs(shape, 4, 0)
+    calls = [0]
+    real = _checks.check_params
+    monkeypatch.setattr(
+        _checks, "check_params", lambda p: (calls.__setitem__(0, calls[0] + 1), real(p))[1]
+    )
+    keys = [jax.random.key(i) for i in range(3)]
+    got = [ntk.random_projection_ntk(f, params, x, key=k, n_projections=2) for k in keys]
+    assert calls[0] == 1  # validated once for the signature
+    ref = reference_entk(f, params, x)
+    for k, g in zip(keys, got, strict=True):
+        r = jax.random.normal(k, (2, 3), jnp.float64) / np.sqrt(3)
+        want = np.einsum("ko,abop,kp->ab", r, ref, r) / 2
+        np.testing.assert_allclose(g, want, rtol=1e-9)
+    assert not np.allclose(got[0], got[1])
+
+
+def test_linen_adapter_forwards_flags_and_rngs_per_call():
+    class Drop(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            h = nn.Dropout(0.5, deterministic=not train)(nn.Dense(8)(x))
+            return nn.Dense(2)(h)
+
+    net = Drop()
+    x = inputs((3,), 4, 0)
+    variables = net.init(jax.random.key(0), x, train=False)
+    apply_fn, params = ntk.from_linen(net, variables, train=False)
+    fn = ntk.kernel_fn(apply_fn, kind="pntk")
+    k_eval = fn(params, x)
+    np.testing.assert_array_equal(fn(params, x, train=False), k_eval)
+    # train=True with a per-call dropout key reaches module.apply
+    k_a = fn(params, x, train=True, rngs={"dropout": jax.random.key(1)})
+    k_b = fn(params, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(k_a, k_b) and not np.allclose(k_a, k_eval)
+
+
+def test_numpy_bool_flags_are_static():
+    f = lambda q, x, train: jnp.tanh(x @ q["w"]) * (0.5 if train else 1.0)
+    p = {"w": inputs((2,), 3, 1)}
+    x = inputs((3,), 4, 0)
+    fn = ntk.kernel_fn(f, kind="pntk")
+    np.testing.assert_allclose(fn(p, x, train=np.bool_(True)), 0.25 * fn(p, x, train=False))
+
+
+def test_caches_do_not_keep_models_alive():
+    """Models (and the arrays they hold) are freed once the caller drops them, even though
+    ntk.kernel caches its kernel function, traces and plans per callable."""
+    import gc
+    import weakref
+
+    class Holder:
+        def __init__(self, i):
+            self.scale = jnp.full((64, 64), 1.0 + i)
+
+        def __call__(self, q, x):
+            return jnp.tanh(x @ q["w"]) * self.scale[0, 0]
+
+    p, x = {"w": inputs((3,), 4, 0)}, inputs((4,), 5, 1)
+    refs = []
+    for i, impl in enumerate(IMPLS):
+        model = Holder(i)
+        refs.append(weakref.ref(model))
+        ntk.kernel_fn(model, implementation=impl)(p, x)
+        ntk.entk(model, p, x, implementation=impl)
+        del model
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(IMPLS)

@@ -29,12 +29,11 @@ Relations (Θ = eNTK block for one pair of inputs, O×O):
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -49,15 +48,19 @@ from ntk.kernels.implementations import (
     sub_jaxprs,
 )
 from ntk.kernels.model import (
+    LIFETIMES,
     Model,
     Signature,
     as_model,
     batch_len,
-    fn_key,
+    cached_per_callable,
+    is_array,
+    merge_kwargs,
     pad_rows,
     split_kwargs,
     take,
     tree_spec,
+    weak_callable,
 )
 
 
@@ -166,7 +169,7 @@ class Facts:
     activations: float = 0.0  # elements of the forward intermediates
 
 
-@functools.lru_cache(maxsize=256)
+@cached_per_callable
 def _facts(sig: Signature) -> Facts:
     params, x, dynamic = sig.abstract_args()
     closed = jax.make_jaxpr(lambda p, a, d: sig.model(d)(p, a))(params, x, dynamic)
@@ -193,7 +196,7 @@ def forward_mode_error(apply_fn, params, x) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)
+@cached_per_callable
 def _output_struct(sig: Signature):
     params, x, dynamic = sig.abstract_args()
     return jax.eval_shape(lambda p, a, d: sig.model(d)(p, a), params, x, dynamic)
@@ -218,7 +221,32 @@ def output_spec(apply_fn, params, x) -> tuple[int, Any]:
         raise TypeError(f"apply_fn: output dtype must be floating, got {out.dtype}")
     if shape[1] == 0:
         raise ValueError(f"apply_fn: output has O=0 logits (shape {shape})")
+    _check_per_example(model, params, x, n, shape[1])
     return int(shape[1]), out.dtype
+
+
+def _check_per_example(model: Model, params, x, n: int, o: int) -> None:
+    """One example must give ``[1, O]``: an ``apply_kwargs`` array with the batch axis (a
+    mask passed as state) would otherwise be broadcast from a one-example batch, silently."""
+    one = _output_struct(Signature.of(model, params, x).per_example())
+    if tuple(getattr(one, "shape", ())) == (1, o):
+        return
+    leaves = jax.tree_util.tree_leaves_with_path(merge_kwargs(list(model.dynamic), model.static))
+    batched = [
+        f"apply_kwargs{jax.tree_util.keystr(p)}"
+        for p, a in leaves
+        if np.ndim(a) >= 1 and np.shape(a)[0] == n
+    ]
+    hint = (
+        f"; {', '.join(batched)} has the batch axis ({n}): per-example inputs belong in x "
+        "(x may be a pytree), state in apply_kwargs"
+        if batched
+        else ""
+    )
+    raise ValueError(
+        f"apply_fn: on one example it returns {getattr(one, 'shape', one)}, not (1, {o}): "
+        f"row n of the output must depend on example n only{hint}."
+    )
 
 
 _WARNED: set = set()
@@ -321,6 +349,26 @@ class Prepared:
         return KINDS[self.kind].diag
 
 
+def _projection(kind: str, o: int, dtype, options: dict) -> jax.Array:
+    with jax.ensure_compile_time_eval():  # concrete even inside the caller's jit
+        return KINDS[kind].projection(o, dtype, **options)
+
+
+def _options_token(options: dict):
+    """A hashable summary of kind options (arrays by shape and dtype), or None."""
+    token = tuple(
+        sorted(
+            (k, ("array", np.shape(v), str(v.dtype)) if is_array(v) else v)
+            for k, v in options.items()
+        )
+    )
+    try:
+        hash(token)
+    except TypeError:
+        return None
+    return token
+
+
 def prepare(
     apply_fn, params, x1, x2=None, *, kind, implementation, kind_options, memory_budget=None
 ) -> Prepared:
@@ -335,8 +383,7 @@ def prepare(
     model = as_model(apply_fn)
     o, dtype = output_spec(model, params, x1)
     spec = KINDS[kind]
-    with jax.ensure_compile_time_eval():  # concrete even inside the caller's jit
-        proj_KO = spec.projection(o, dtype, **kind_options)
+    proj_KO = _projection(kind, o, dtype, kind_options)
     if impl is None:
         name = choose_implementation(
             model, params, x1, x2, proj_KO.shape[0], spec.diag, memory_budget=memory_budget
@@ -404,7 +451,15 @@ class KernelFn:
     """``fn(params, x1, x2=None, **apply_kwargs)``: a kernel built once; see :func:`kernel_fn`."""
 
     def __init__(
-        self, apply_fn, kind, implementation, batch_size, kind_options, memory_budget=None
+        self,
+        apply_fn,
+        kind,
+        implementation,
+        batch_size,
+        kind_options,
+        memory_budget=None,
+        *,
+        weak=False,
     ):
         if not callable(apply_fn):
             raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
@@ -412,7 +467,8 @@ class KernelFn:
         _resolve(implementation)
         _checks.check_batch_size(batch_size)
         _check_kind_options(kind, kind_options)
-        self.apply_fn = apply_fn
+        # weak: held without keeping apply_fn alive (the cache behind ntk.kernel)
+        self._apply_fn = weak_callable(apply_fn) if weak else (lambda: apply_fn)
         self.kind = kind
         self.implementation = implementation
         self.batch_size = batch_size
@@ -421,6 +477,10 @@ class KernelFn:
         self._prepared: dict = {}
         statics = ("implementation", "static", "reduce")
         self._jit = jax.jit(self._compute, static_argnames=statics)
+
+    @property
+    def apply_fn(self):
+        return self._apply_fn()
 
     def __repr__(self) -> str:
         return (
@@ -442,23 +502,18 @@ class KernelFn:
         """``(Prepared, dynamic kwargs, Static)``; validation runs once per signature."""
         dynamic, static = split_kwargs(apply_kwargs)
         options = self.kind_options if kind_options is None else kind_options
-        if kind_options is None:
-            token = ()
-        else:
-            try:
-                token = (tuple(sorted(options.items())),)
-                hash(token)
-            except TypeError:  # array options (a PRNG key): prepared anew on each call
-                token = None
+        model = Model(self.apply_fn, static, tuple(dynamic))
+        token = _options_token(options)
         key = None
         if token is not None:
-            model = Model(self.apply_fn, static, tuple(dynamic))
             x2_spec = None if x2 is None else tree_spec(x2)
-            key = (Signature.of(model, params, x1), x2_spec, token)
+            sig = Signature.of(model, params, x1)  # its callable is not part of the key
+            key = (sig.static, sig.params, sig.x, sig.dynamic, x2_spec, token)
             hit = self._prepared.get(key)
             if hit is not None:
+                if any(is_array(v) for v in options.values()):  # a new key, same shapes
+                    hit = replace(hit, proj_KO=_projection(hit.kind, hit.o, hit.dtype, options))
                 return hit, dynamic, static
-        model = Model(self.apply_fn, static, tuple(dynamic))
         prep = prepare(
             model,
             params,
@@ -551,19 +606,22 @@ def kernel_fn(
     return KernelFn(apply_fn, kind, implementation, batch_size, kind_options, memory_budget)
 
 
-@functools.lru_cache(maxsize=64)
-def _shared_kernel_fn(key, kind, implementation, batch_size) -> KernelFn:
-    from ntk.kernels.model import from_key
-
-    return KernelFn(from_key(key), kind, implementation, batch_size, {})
+def _shared_kernel_fn(apply_fn, kind, implementation, batch_size) -> KernelFn:
+    """The kernel function ``ntk.kernel`` uses for ``apply_fn``: one per callable and
+    settings, held only as long as ``apply_fn`` lives (it holds ``apply_fn`` weakly)."""
+    store = LIFETIMES.of(apply_fn).setdefault("kernel_fn", {})
+    key = (kind, implementation, batch_size)
+    if key not in store:
+        store[key] = KernelFn(apply_fn, kind, implementation, batch_size, {}, weak=True)
+    return store[key]
 
 
 def clear_caches() -> None:
     """Forgets every built kernel function, trace and structured plan of this module."""
     from ntk.kernels import structured
 
-    for cached in (_shared_kernel_fn, _facts, _output_struct, structured._plan_cached):
-        cached.cache_clear()
+    LIFETIMES.clear()
+    structured.clear_plans()
 
 
 def kernel(
@@ -607,7 +665,7 @@ def kernel(
     _checks.check_batch_size(batch_size)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
-    fn = _shared_kernel_fn(fn_key(apply_fn), kind, implementation, batch_size)
+    fn = _shared_kernel_fn(apply_fn, kind, implementation, batch_size)
     return fn.call(params, x1, x2, {}, kind_options)
 
 

@@ -18,6 +18,10 @@ Everything here is host-side bookkeeping on shapes; nothing touches array values
 
 from __future__ import annotations
 
+import functools
+import inspect
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +32,9 @@ import numpy as np
 
 
 def is_array(leaf: Any) -> bool:
-    """A leaf that is traced rather than static (jax/numpy arrays, numpy scalars)."""
-    return isinstance(leaf, jax.Array | np.ndarray | np.generic)
+    """A leaf that is traced rather than static (jax/numpy arrays, numpy scalars other than
+    ``np.bool_``, which is a flag like ``True``)."""
+    return isinstance(leaf, jax.Array | np.ndarray | np.generic) and not isinstance(leaf, np.bool_)
 
 
 class _ById:
@@ -59,6 +64,85 @@ def fn_key(fn: Any) -> Any:
 
 def from_key(key: Any) -> Any:
     return key.obj if isinstance(key, _ById) else key
+
+
+# --- caches that never keep a user's model alive --------------------------------------------
+
+
+def _owner(fn: Any) -> tuple[Any, Any]:
+    """``(object whose lifetime counts, function)``: a bound method lives with its instance."""
+    if inspect.ismethod(fn):
+        return fn.__self__, fn.__func__
+    return fn, None
+
+
+class _Lifetimes:
+    """Per-callable caches that live as long as the callable. A callable that can be weakly
+    referenced loses its entries when it is garbage-collected, so nothing cached here keeps a
+    model (and the arrays it holds) alive; the few that cannot share a small LRU."""
+
+    def __init__(self, strong_size: int = 16):
+        self._weak: dict = {}
+        self._strong: OrderedDict = OrderedDict()
+        self._strong_size = strong_size
+
+    def of(self, fn: Any) -> dict:
+        owner, func = _owner(fn)
+        key = (id(owner), func)
+        hit = self._weak.get(key)
+        if hit is not None and hit[0]() is owner:
+            return hit[1]
+        try:
+            ref = weakref.ref(owner, functools.partial(self._drop, key))
+        except TypeError:  # not weakly referenceable
+            return self._strong_entry((fn_key(owner), func))
+        store: dict = {}
+        self._weak[key] = (ref, store)
+        return store
+
+    def _strong_entry(self, key) -> dict:
+        store = self._strong.pop(key, None)
+        self._strong[key] = store = {} if store is None else store
+        while len(self._strong) > self._strong_size:
+            self._strong.popitem(last=False)
+        return store
+
+    def _drop(self, key, ref) -> None:
+        hit = self._weak.get(key)
+        if hit is not None and hit[0] is ref:
+            del self._weak[key]
+
+    def clear(self) -> None:
+        self._weak.clear()
+        self._strong.clear()
+
+
+LIFETIMES = _Lifetimes()
+
+
+def weak_callable(fn: Any) -> Callable[[], Any]:
+    """``get()`` returning ``fn`` while it lives, without keeping it alive where possible."""
+    try:
+        ref = weakref.WeakMethod(fn) if inspect.ismethod(fn) else weakref.ref(fn)
+    except TypeError:
+        return lambda: fn
+    return ref
+
+
+def cached_per_callable(compute: Callable) -> Callable:
+    """Caches ``compute(sig: Signature, *args)`` with the lifetime of ``sig``'s callable."""
+    name = compute.__qualname__
+
+    @functools.wraps(compute)
+    def cached(sig: Signature, *args):
+        store = LIFETIMES.of(from_key(sig.fn)).setdefault(name, {})
+        key = (sig.static, sig.params, sig.x, sig.dynamic, args)
+        if key not in store:
+            store[key] = compute(sig, *args)
+        return store[key]
+
+    cached.cache_clear = LIFETIMES.clear
+    return cached
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ two groups add with no cross terms. :func:`diagnose` says which leaf takes which
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -32,12 +31,12 @@ from ntk.kernels.implementations import (
     contract_jacobians,
     project,
 )
-from ntk.kernels.model import Signature, as_model, batch_len
+from ntk.kernels.model import Signature, as_model, batch_len, cached_per_callable
 from ntk.kernels.sd_analysis import Plan, analyse
 from ntk.kernels.sd_factors import canonical, factors
 
 
-@functools.lru_cache(maxsize=128)
+@cached_per_callable
 def _plan_cached(sig: Signature, k: int) -> Plan:
     params, x_1, dynamic = sig.abstract_args()
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -51,6 +50,10 @@ def _plan_cached(sig: Signature, k: int) -> Plan:
     proj = jax.ShapeDtypeStruct((k, o.shape[1]), o.dtype)
     closed = jax.make_jaxpr(fn)(leaves, x, dynamic, proj)
     return analyse(closed, [tuple(leaf.shape) for leaf in leaves])
+
+
+def clear_plans() -> None:
+    _plan_cached.cache_clear()
 
 
 def plan_for(apply_fn, params, x, k: int) -> Plan:
