@@ -48,37 +48,67 @@ format: $(STAMP) ## Format the code with ruff
 
 RUN := $(PY) experiments/train.py -m
 MLP_WIDTHS := 64,128,256,512,1024,2048
+CNN_WIDTHS := 16,32,64,128
+RESNET_WIDTHS := 8,16,32
+# ResNet-18 in the paper's regime on the CPU: BatchNorm (frozen in eval mode for kernels),
+# digits upsampled to 16x16, readout width 8·width; N = 20 kernel points (eNTK 200 x 200).
+RESNET := model=resnet18 data.image_size=16 kernel.n_per_class=2 kernel.n_test_per_class=2 \
+    kernel.layer_shares=true
+# The paper's timing figure in small: per-computation cost on N = 10 inputs, float32.
+COST_O := experiment=cost_outputs kernel.measure=cost model.num_outputs=10,100,200
 
-reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (~12 min on 2 cores, venv included)
+reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (<= 20 min on 2 cores, venv included)
 	rm -rf results/runs
-	$(MAKE) --no-print-directory fig-width fig-training fig-spectra fig-regression fig-cost
-	$(MAKE) --no-print-directory report
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory fig-width fig-training fig-linearized fig-cost && \
+	$(MAKE) --no-print-directory report && \
+	echo "make reproduce: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s of runs and report on $$(nproc) cores (load average $$(cut -d' ' -f1-3 /proc/loadavg) at the end), $$(date -u +%Y-%m-%d)" | tee results/reproduce_time.txt
 
-fig-width: $(STAMP) ## (a) eNTK vs pNTK at init across widths: MLP, CNN, ResNet-18
-	$(RUN) experiment=width_init logger=wandb model=mlp model.width=$(MLP_WIDTHS) seed=0,1
-	$(RUN) experiment=width_init logger=wandb model=cnn model.width=16,32,64,128
-	$(RUN) experiment=width_init logger=wandb model=resnet18 model.width=4,8,16
+fig-width: $(STAMP) ## (a) C1-C5 at init across widths: MLP and CNN in both parameterisations, ResNet-18
+	$(RUN) experiment=width_init logger=wandb model=mlp model.width=$(MLP_WIDTHS) seed=0,1 \
+	    model.parameterization=ntk,standard kernel.compare_float32=true
+	$(RUN) experiment=width_init logger=wandb model=cnn model.width=$(CNN_WIDTHS) seed=0,1 \
+	    model.parameterization=ntk,standard kernel.compare_float32=true
+	$(RUN) experiment=width_init logger=wandb $(RESNET) model.width=$(RESNET_WIDTHS) seed=0,1 \
+	    kernel.timing_repeats=0
 
-fig-training: $(STAMP) ## (b) the approximation over training, at checkpoints
-	$(RUN) experiment=training logger=wandb model=mlp model.width=128,1024
+fig-training: $(STAMP) ## (b) C6: the approximation over training, at checkpoints
+	$(RUN) experiment=training logger=wandb model=mlp model.width=128,1024 seed=0,1
+	$(RUN) experiment=training logger=wandb model=cnn model.width=16,64 seed=0,1 \
+	    trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5]
+	$(RUN) experiment=training logger=wandb $(RESNET) kernel.layer_shares=false model.width=8,32 seed=0,1 \
+	    trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] kernel.timing_repeats=0
 
-fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I
+fig-linearized: $(STAMP) ## (f) the MSE-trained network against its linearisation (eNTK, pNTK)
+	$(RUN) experiment=linearized logger=wandb model=mlp model.width=128,512,2048 seed=0,1
+
+fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I with more points (N = 300)
 	$(RUN) experiment=spectra logger=wandb model=mlp model.width=64,2048
 
-fig-regression: $(STAMP) ## (d) kernel regression, with and without ridge
+fig-regression: $(STAMP) ## (d) kernel regression with more points (N = 200); every run has all ridges
 	$(RUN) experiment=regression logger=wandb model=mlp model.width=64,256,1024
 
-fig-cost: $(STAMP) ## (e) time and memory of eNTK vs pNTK as width and depth grow
+fig-cost: $(STAMP) ## (e) C7: time and memory of eNTK vs pNTK as width, depth and O grow
 	$(RUN) experiment=cost logger=wandb model=mlp model.width=256,1024,4096 model.depth=2,4
+	$(RUN) $(COST_O) logger=wandb model=mlp model.width=512
+	$(RUN) $(COST_O) logger=wandb model=cnn model.width=32 data.image_size=16
+	$(RUN) $(COST_O) logger=wandb model=resnet18 model.depth=18,34 model.width=16 \
+	    data.image_size=16
 
-report: $(STAMP) ## Gather results/runs into results/summary.json, figures and report.md
+report: $(STAMP) ## Gather results/runs into results/summary.json (claims C1-C7), figures and report.md
 	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
+
+readme-results: $(STAMP) ## Regenerate the README's results section from results/summary.json
+	$(PY) -c "from ntk_repro.report import update_readme; update_readme('results', 'README.md')"
+	mkdir -p docs && cp results/fig_frobenius_width.png docs/fig_frobenius_width.png
 
 reproduce-paper: $(STAMP) ## Paper scale on CIFAR-10 via TFDS (GPU; needs data.data_dir)
 	$(RUN) experiment=width_init logger=wandb data=cifar10 model=resnet18 \
 	    model.width=16,32,64,128 kernel.n_per_class=20 kernel.batch_size=100
 	$(RUN) experiment=training logger=wandb data=cifar10 model=resnet18 model.width=16,64 \
 	    trainer.epochs=50 trainer.checkpoint_epochs=[0,1,5,10,25,50] kernel.n_per_class=20
+	$(RUN) experiment=cost_outputs kernel.measure=cost logger=wandb data=cifar10 \
+	    model=resnet18 model.depth=18,34 model.width=64 model.num_outputs=10,100,200
 	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
 
 bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots in results/bench)
@@ -90,4 +120,4 @@ bench-scale: $(STAMP) ## Streamed pNTK N=20k/50k and eNTK N=2k to disk (needs ~1
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-.PHONY: help install lock lock-upgrade test test-slow lint format bench bench-scale clean reproduce report reproduce-paper fig-width fig-training fig-spectra fig-regression fig-cost
+.PHONY: help install lock lock-upgrade test test-slow lint format bench bench-scale clean reproduce report readme-results reproduce-paper fig-width fig-training fig-linearized fig-spectra fig-regression fig-cost

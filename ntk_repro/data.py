@@ -89,19 +89,36 @@ class RawData:
 # --- loaders -----------------------------------------------------------------------------
 
 
-def _load_digits(*, data_dir, download, seed: int, test_fraction: float = 0.2) -> RawData:
-    """sklearn digits: 8×8×1 images, pixel values 0..16, stratified split by ``seed``."""
+def _load_digits(
+    *, data_dir, download, seed: int, test_fraction: float = 0.2, image_size: int | None = None
+) -> RawData:
+    """sklearn digits: 8×8×1 images, pixel values 0..16, stratified split by ``seed``;
+    ``image_size=s`` upsamples them bilinearly to ``s×s×1`` (a ResNet's stride-2 stages need
+    more than 8×8 pixels)."""
     del data_dir, download
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x_NHWC = bunch.images.astype(np.float32)[..., None]
+    if image_size is not None:
+        x_NHWC = _upsample(x_NHWC, image_size)
     y_N = bunch.target.astype(np.int32)
     x_tr, x_te, y_tr, y_te = train_test_split(
         x_NHWC, y_N, test_size=test_fraction, random_state=seed, stratify=y_N
     )
     return RawData(x_tr, y_tr, x_te, y_te, 10)
+
+
+def _upsample(x_NHWC: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of square images ``[N, h, h, C]`` to ``[N, size, size, C]``."""
+    from scipy.ndimage import zoom
+
+    if not isinstance(size, int | np.integer) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"image_size: must be a positive int, got {size!r}")
+    factor = size / x_NHWC.shape[1]
+    out = zoom(x_NHWC, (1, factor, factor, 1), order=1, grid_mode=True, mode="nearest")
+    return np.ascontiguousarray(out, np.float32)
 
 
 @functools.lru_cache(maxsize=1)

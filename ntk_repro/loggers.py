@@ -42,7 +42,8 @@ def _scalar_items(record: Mapping[str, Any]):
 
 
 class WandbLogger:
-    """Weights & Biases: scalars per checkpoint, figures as ``wandb.Image``, a metrics table.
+    """Weights & Biases: loss and accuracy of every evaluated epoch as it happens, kernel
+    scalars at checkpoints, figures as ``wandb.Image``, tables.
 
     Args:
       run_dir: the run directory; W&B files go under ``run_dir/wandb``.
@@ -92,10 +93,14 @@ class WandbLogger:
         self.run.log({k: self._wandb.Image(str(v)) for k, v in figures.items()}, step=step)
 
     def log_table(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One ``wandb.Table``: a column per scalar or text field, in first-seen order."""
         if not rows:
             return
-        cols = sorted({k for r in rows for k, _ in _scalar_items(r)})
-        table = self._wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])
+        cols: dict[str, None] = {}
+        for r in rows:
+            cols.update((k, None) for k, _ in _scalar_items(r))
+            cols.update((k, None) for k, v in r.items() if isinstance(v, str))
+        table = self._wandb.Table(columns=list(cols), data=[[r.get(c) for c in cols] for r in rows])
         self.run.log({name: table})
 
     def finish(self) -> None:

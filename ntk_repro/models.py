@@ -332,10 +332,17 @@ class BasicBlock(nn.Module):
         return act(y + shortcut)
 
 
+# ResNet depth -> basic blocks per stage (He et al. 2016, Table 1; basic-block depths only)
+RESNET_STAGES: dict[int, tuple[int, ...]] = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
 class ResNet18(nn.Module):
     """ResNet-18 for small inputs: 3×3 stride-1 stem (no max-pool), basic blocks ``[2, 2, 2, 2]``
     with stage widths ``width · [1, 2, 4, 8]`` (stride 2 from stage 2 on, 'SAME' padding, so
     8×8 inputs end at 1×1), global average pool and a dense readout.
+
+    ``depth`` picks the blocks per stage from :data:`RESNET_STAGES` (10, 18, 34); an explicit
+    ``stage_sizes`` takes precedence over it.
 
     ``x: [N, H, W, C]`` or ``[N, L, C]``; returns ``[N, num_classes]``.
     """
@@ -344,7 +351,8 @@ class ResNet18(nn.Module):
 
     num_classes: int
     width: int = 64
-    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    stage_sizes: Sequence[int] | None = None
+    depth: int = 18
     activation: str = "relu"
     norm: str = "groupnorm"
     parameterization: str = "ntk"
@@ -354,9 +362,18 @@ class ResNet18(nn.Module):
 
     def __post_init__(self):
         _check_common(self)
-        if len(self.stage_sizes) == 0 or any(int(s) <= 0 for s in self.stage_sizes):
+        if self.stage_sizes is None:
+            lookup("depth", self.depth, RESNET_STAGES)
+        elif len(self.stage_sizes) == 0 or any(int(s) <= 0 for s in self.stage_sizes):
             raise ValueError(f"stage_sizes: must be positive ints, got {self.stage_sizes!r}")
         super().__post_init__()
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """Basic blocks per stage: ``stage_sizes``, else those of ``depth``."""
+        if self.stage_sizes is not None:
+            return tuple(int(s) for s in self.stage_sizes)
+        return RESNET_STAGES[self.depth]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -366,7 +383,7 @@ class ResNet18(nn.Module):
             self.width, 3, 1, self.parameterization, self.sigma_w, self.sigma_b, self.norm == "none"
         )
         h = act(NORMS[self.norm](train, self.width)(stem(x)))
-        for stage, n_blocks in enumerate(self.stage_sizes):
+        for stage, n_blocks in enumerate(self.stages):
             features = self.width * 2**stage
             for block in range(int(n_blocks)):
                 strides = 2 if stage > 0 and block == 0 else 1
@@ -398,12 +415,16 @@ def input_kind(name: str) -> str:
     return _model_cls(name).input_kind
 
 
-def build_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str, *, num_classes: int, num_outputs: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Builds the model ``name`` from :data:`MODELS` with its hyper-parameters.
 
     Args:
       name: a key of :data:`MODELS` (``"mlp"``, ``"cnn"``, ``"resnet18"``).
-      num_classes: O, the number of logits.
+      num_classes: O, the number of logits (the data's classes).
+      num_outputs: a wider readout than the classes, O = ``num_outputs`` (``model.num_outputs``
+        in the configs; for cost measurements with many logits on the same inputs).
       **kwargs: the model's fields (``width``, ``depth``, ``norm``, ``parameterization``, ...).
 
     Raises:
@@ -414,8 +435,12 @@ def build_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise ValueError(f"model {name!r}: unknown options {unknown}; valid: {sorted(fields)}")
-    if "stage_sizes" in kwargs:
+    if kwargs.get("stage_sizes") is not None:
         kwargs = {**kwargs, "stage_sizes": tuple(int(s) for s in kwargs["stage_sizes"])}
+    if num_outputs is not None:
+        if not isinstance(num_outputs, int) or isinstance(num_outputs, bool) or num_outputs <= 0:
+            raise ValueError(f"num_outputs: must be a positive int or null, got {num_outputs!r}")
+        num_classes = num_outputs
     return cls(num_classes=num_classes, **kwargs)
 
 

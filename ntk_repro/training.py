@@ -387,7 +387,11 @@ def _load_data(cfg: Mapping) -> Dataset:
 
 
 def train(
-    cfg: DictConfig | Mapping, out_dir: str | Path, *, callbacks: Sequence[Callback] = ()
+    cfg: DictConfig | Mapping,
+    out_dir: str | Path,
+    *,
+    callbacks: Sequence[Callback] = (),
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Trains (or resumes) one run described by ``cfg`` in the run directory ``out_dir``.
 
@@ -402,6 +406,9 @@ def train(
         checkpoint saved by this call; a dict it returns is merged into that checkpoint's
         ``metrics.jsonl`` record (not for checkpoints restored on resume; use
         :func:`ntk_repro.checkpoint.iter_checkpoints` to revisit those).
+      on_epoch: ``fn(record)``, called with every evaluated epoch's record (epoch, step,
+        train/test loss and accuracy) as soon as it is written, before that epoch's checkpoint
+        callbacks: the hook for live logging.
 
     Returns:
       A :class:`TrainResult`.
@@ -474,6 +481,8 @@ def train(
         # checkpoint, which truncates this record away.
         records.append(record)
         ckpt.write_metrics(out, records)
+        if on_epoch is not None:
+            on_epoch(dict(record))
         log.info(
             "epoch %d step %d: train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f",
             epoch,

@@ -100,11 +100,14 @@ def test_report_has_every_figure_and_a_finite_summary(smoke_runs, tmp_path):
         "eigen_vs_width",
         "regression_vs_width",
         "cost_vs_width",
+        "cost_vs_outputs",
         "spectra",
         "heatmaps",
     ):
         assert Path(out["figures"][name]).stat().st_size > 1000, name
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    full = json.loads((tmp_path / "summary.json").read_text())
+    assert {c["id"] for c in full["claims"]} >= {"C1", "C2", "C3", "C4", "C5", "C6", "C7"}
+    summary = [r for r in full["rows"] if r.get("relative_frobenius_error") is not None]
     assert len(summary) >= len(PRESETS)
     for row in summary:
         for field in SUMMARY_FIELDS:
@@ -209,3 +212,101 @@ def test_kernels_at_checkpoints_compile_once(tmp_path):
         assert np.isfinite(scalars["relative_frobenius_error"])
         assert scalars["kernel_bytes_entk"] > scalars["kernel_bytes_pntk"] > 0
     assert counts[0] > 0 and counts[1:] == [0, 0], counts
+
+
+# --- the report on synthetic runs (fast) -----------------------------------------------------
+
+
+def _fake_run(root, name, cfg, records):
+    import yaml
+
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return d
+
+
+def _fake_width_runs(root, ridges=(0.0, 0.01, 1.0)):
+    rng = np.random.default_rng(0)
+    for model in ("mlp", "cnn"):
+        for w in (16, 64, 256):
+            for seed in (0, 1):
+                e = 0.5 * (w / 16) ** -0.5 * np.exp(0.02 * rng.standard_normal())
+                rec = {
+                    "epoch": 0,
+                    "step": 0,
+                    "n": 20,
+                    "n_test": 20,
+                    "num_outputs": 10,
+                    "relative_frobenius_error": e,
+                    "lambda_max_rel_error": e,
+                    "lambda_min_rel_error": 3 * e,
+                    "cond_entk": 100.0,
+                    "cond_pntk": 120.0,
+                    "time_entk_s": 0.1,
+                    "time_pntk_s": 0.01,
+                    "kernel_bytes_entk": 1000,
+                    "kernel_bytes_pntk": 100,
+                    "lin_pred_rel_diff": e,
+                }
+                for r in ridges:
+                    tag = f"@ridge={r:g}"
+                    rec.update(
+                        {
+                            "kr_pred_rel_diff" + tag: e / (1 + r),
+                            "kr_acc_entk" + tag: 0.9,
+                            "kr_acc_pntk" + tag: 0.9,
+                            "kr_argmax_disagree" + tag: 0.0,
+                        }
+                    )
+                cfg = {
+                    "seed": seed,
+                    "experiment_name": "width_init",
+                    "model": {"name": model, "width": w, "depth": 2, "parameterization": "ntk"},
+                }
+                _fake_run(root, f"{model}_w{w}_s{seed}", cfg, [rec])
+
+
+def test_report_claims_list_and_regression_ridges_from_the_runs(tmp_path):
+    _fake_width_runs(tmp_path / "runs")
+    out = build_report(tmp_path / "runs", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["ridges"] == [0.0, 0.01, 1.0]
+    got = {(c["id"], c["model"]) for c in summary["claims"]}
+    assert {(f"C{i}", m) for i in range(1, 6) for m in ("mlp", "cnn")} <= got
+    for c in summary["claims"]:
+        assert c["verdict"] in ("agrees", "does not agree", "inconclusive")
+        assert {"id", "model", "measured", "expected", "verdict"} <= set(c)
+    c1 = next(c for c in summary["claims"] if c["id"] == "C1" and c["model"] == "mlp")
+    assert c1["measured"]["slope"] == pytest.approx(-0.5, abs=0.05) and c1["verdict"] == "agrees"
+    assert "fig_regression_width.png" in out["figures"]["regression_vs_width"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| **C1**" in text and "**agrees**" in text
+
+
+def test_report_refuses_ridges_the_runs_did_not_compute(tmp_path):
+    _fake_width_runs(tmp_path / "runs")
+    with pytest.raises(ValueError, match=r"ridges: \[0.001\] were not computed"):
+        build_report(tmp_path / "runs", tmp_path / "out", ridges=(0.0, 0.001))
+
+
+def test_a_plotted_series_is_never_empty(tmp_path):
+    from ntk_repro import plotting
+
+    rows = [{"model": "mlp", "width": 64, "seed": 0, "epoch": 0, "kr_pred_rel_diff@ridge=0": 0.5}]
+    with pytest.raises(ValueError, match="has no points"):
+        plotting._series(None, [], [], label="empty")
+    # a ridge present in one model's runs but not another's: its series would be empty
+    rows.append(
+        {
+            "model": "cnn",
+            "width": 64,
+            "seed": 0,
+            "epoch": 0,
+            "kr_pred_rel_diff@ridge=0": 0.4,
+            "kr_pred_rel_diff@ridge=0.1": 0.3,
+        }
+    )
+    with pytest.raises(ValueError, match="ridge 0.1 has no points for MLP"):
+        plotting.regression_vs_width(rows, None, tmp_path / "f.png")
