@@ -209,6 +209,10 @@ def run_case(case: dict) -> dict:
 
     if case.get("section") == "overhead":
         return run_overhead_case(case)
+    if case.get("section") == "real_models":  # Flax transformers, ResNet, scan stacks
+        from ntk_repro.bench_models import run_real_case
+
+        return run_real_case(case)
     apply_fn, params, shape = MODELS[case["model"]](case["width"], case["o"])
     x = jax.random.normal(jax.random.key(1), (case["n"], *shape))
     jax.block_until_ready((params, x))
@@ -308,7 +312,9 @@ def suite_cases(quick: bool = False) -> list[dict]:
         cases += [_case("scale_width", "mlp", 64, w, impl, "entk") for w in widths]
     for impl in ("ntk_vp", "structured"):
         cases += [_case("scale_o", "mlp", 64, 512, impl, "entk", o=o) for o in (1, 3, 10, 30, 100)]
-    return cases
+    from ntk_repro.bench_models import real_model_cases
+
+    return cases + real_model_cases()
 
 
 def _too_big(case: dict) -> str | None:
@@ -412,6 +418,11 @@ def run_suite(
     atomic.write_json(out / "bench.json", result)
     atomic.write_text(out / "bench.md", markdown(result))
     result["figures"] = plot(result, out)
+    from ntk_repro.bench_models import plot_real_models, real_models_markdown
+
+    if any(r.get("section") == "real_models" for r in rows):
+        atomic.write_text(out / "bench_models.md", real_models_markdown(rows))
+        result["figures"].append(plot_real_models(rows, out))
     return result
 
 
