@@ -15,6 +15,8 @@ from _models import reference_entk
 
 import ntk
 
+pytestmark = pytest.mark.slow  # ~25 min together on a busy 2-core machine: make test-slow
+
 F64 = jnp.float64
 V, T, D = 17, 6, 8
 

@@ -19,6 +19,8 @@ import ntk
 from ntk.kernels import sd_contract, structured
 from ntk.kernels.api import clear_caches
 
+pytestmark = pytest.mark.slow  # ~25 min together on a busy 2-core machine: make test-slow
+
 V, D, T = 13, 4, 5  # vocabulary, width, sequence length
 
 
