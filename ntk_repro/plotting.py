@@ -170,7 +170,7 @@ def eigen_vs_width(rows, path) -> str:
             )
         _loglog(ax, "width", ylabel, f"{title} relative error (slope ± se)")
         ax.legend(fontsize=6)
-    fig.suptitle("Spectra at initialisation: λ_max converges fastest; λ_min and κ lag", y=1.0)
+    fig.suptitle("C2/C3: spectra of pNTK⊗I against Θ at initialisation, by width", y=1.0)
     return _save(fig, path)
 
 
@@ -291,39 +291,34 @@ def cost_vs_outputs(rows, path) -> str:
 
 
 def cost_vs_width(rows, path) -> str:
-    """C7: warm wall time and compiled memory of the eNTK vs the pNTK (at init) against
-    width, per architecture and depth."""
+    """C7: warm wall time and compiled memory of the eNTK (solid) and the pNTK (dashed) at
+    init against width, one colour per architecture and depth (median over repeats)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     groups: dict = defaultdict(list)
     for r in rows:
         if r.get("epoch") == 0 and r.get("time_entk_s") is not None:
             groups[(r["model"], r.get("depth"), r.get("num_outputs"))].append(r)
+    groups = {k: v for k, v in groups.items() if len({r["width"] for r in v}) >= 2}
     if not groups:
-        raise ValueError("plot: no kernel timings")
+        return _empty(path, "no kernel timings over several widths")
     panels = (
         ("time_{}_s", 1.0, "seconds", "warm kernel time (compile excluded)"),
         ("kernel_bytes_{}", 2.0**-20, "MiB", "memory of the compiled kernel (XLA)"),
     )
+    colors = plt.get_cmap("tab10")
     for ax, (key, scale, unit, title) in zip(axes, panels, strict=True):
-        for (model, depth, o), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        for i, ((model, depth, o), rs) in enumerate(sorted(groups.items(), key=str)):
             for kind, ls in (("entk", "-"), ("pntk", "--")):
                 d: dict = defaultdict(list)
                 for r in rs:
                     if r.get(key.format(kind)):
                         d[r["width"]].append(r[key.format(kind)] * scale)
                 ws = sorted(d)
-                if not ws:
-                    continue
-                _series(
-                    ax,
-                    ws,
-                    [np.median(d[w]) for w in ws],
-                    ls=ls,
-                    label=f"{MODEL_LABELS.get(model, model)}-{depth} O={o} {kind[0]}NTK",
-                )
-        _loglog(ax, "width", unit, title)
-        ax.legend(fontsize=6, ncol=2)
+                name = f"{MODEL_LABELS.get(model, model)}-{depth}, O={o}: {kind[0]}NTK"
+                _series(ax, ws, [np.median(d[w]) for w in ws], ls=ls, color=colors(i), label=name)
+        _loglog(ax, "width", unit, f"C7: {title}")
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

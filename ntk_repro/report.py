@@ -365,7 +365,7 @@ def _figures(rows: list[dict], out: Path, ridges) -> dict[str, str]:
     cost_rows = _of(rows, COST)
     figs["cost_vs_outputs"] = plotting.cost_vs_outputs(cost_rows, out / "fig_cost_outputs.png")
     figs["cost_vs_width"] = plotting.cost_vs_width(
-        cost_rows or width_rows, out / "fig_cost_width.png"
+        _of(rows, ("cost",)) or cost_rows or width_rows, out / "fig_cost_width.png"
     )
     panels, heat = _spectra(_of(rows, SPECTRA) or width_rows)
     figs["spectra"] = plotting.spectra_overlay(panels, out / "fig_spectra.png")

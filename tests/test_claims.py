@@ -251,3 +251,79 @@ def test_every_claim_for_every_model_and_json_shape():
         assert set(d) >= {"id", "model", "measured", "expected", "verdict"}
         assert d["verdict"] in claims.VERDICTS
         assert d["expected"]["source"]
+
+
+# --- the numbers behind the claims: linearised dynamics, layer shares, README ------------
+
+
+def test_linearized_gd_is_exact_for_a_linear_model():
+    """For f(θ, x) = θᵀx the network is its own linearisation: t steps of full-batch gradient
+    descent on mean ½‖f − y‖² must give exactly linearized_gd's prediction."""
+    from ntk_repro.analysis import linearized_gd
+
+    rng = np.random.default_rng(0)
+    n, m, d, o, lr, steps = 6, 5, 9, 3, 0.3, 40  # d > n: K = x·xᵀ is invertible
+    x, xs = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    y, theta0 = rng.normal(size=(n, o)), rng.normal(size=(d, o))
+    theta = theta0.copy()
+    for _ in range(steps):
+        theta -= lr * x.T @ (x @ theta - y) / n
+    k = x @ x.T  # eNTK = (x·x') ⊗ I for this model
+    eye = np.eye(o)
+    k4, ks4 = k[:, :, None, None] * eye, (xs @ x.T)[:, :, None, None] * eye
+    args = (y, x @ theta0, xs @ theta0)
+    for kt, kst in ((k4, ks4), (k, xs @ x.T)):  # full eNTK and the [N, N] ⊗ I form
+        pred = linearized_gd(kt, kst, *args, lr=lr, steps=steps)
+        np.testing.assert_allclose(pred, xs @ theta, rtol=1e-9, atol=1e-10)
+    # t → ∞ is kernel regression from f0: f0* + K*K⁻¹(Y − f0)
+    far = linearized_gd(k, xs @ x.T, *args, lr=lr, steps=10**6)
+    ref = xs @ theta0 + xs @ x.T @ np.linalg.solve(k, y - x @ theta0)
+    np.testing.assert_allclose(far, ref, rtol=1e-6)
+
+
+def test_layer_shares_sum_to_one_and_the_readout_has_no_error():
+    import jax
+
+    from ntk_repro.analysis import layer_shares
+    from ntk_repro.models import build_model, init_model, kernel_model
+
+    model = build_model("mlp", num_classes=4, width=16, depth=2)
+    variables = init_model(model, jax.random.key(0), (5,))
+    apply_fn, params, state = kernel_model(model, variables)
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    s = layer_shares(apply_fn, params, x, state)
+    kernel = {k: v for k, v in s.items() if k.startswith("kernel_share_")}
+    error = {k: v for k, v in s.items() if k.startswith("error_share_")}
+    assert len(kernel) == 3 == len(error)  # Dense_0, Dense_1, the readout Dense_2
+    assert sum(kernel.values()) == pytest.approx(1.0, abs=1e-6)
+    assert sum(error.values()) == pytest.approx(1.0, abs=1e-6)
+    # the readout's contribution is exactly (h·h'/n) ⊗ I: no part of Θ − pNTK⊗I
+    assert error["error_share_Dense_2"] == pytest.approx(0.0, abs=1e-6)
+    assert layer_shares(apply_fn, params, x, state, max_bytes=10) == {}
+
+
+def test_readme_results_section_is_generated(tmp_path):
+    import json
+
+    from ntk_repro.report import README_BEGIN, README_END, update_readme
+
+    rows = [
+        {
+            "model": "mlp",
+            "parameterization": "ntk",
+            "width": w,
+            "seed": 0,
+            "epoch": 0,
+            "experiment": "width_init",
+            "relative_frobenius_error": 0.1 * w,
+        }
+        for w in (1, 2)
+    ]
+    c1 = claims.check_c1(rows, "mlp", "ntk").as_dict()
+    (tmp_path / "summary.json").write_text(json.dumps({"claims": [c1], "rows": rows}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold hand-made row\n{README_END}\ntail\n")
+    update_readme(tmp_path, readme)
+    text = readme.read_text()
+    assert "old hand-made row" not in text and text.startswith("intro") and "tail" in text
+    assert "| C1 | MLP, NTK param. |" in text and c1["verdict"] in text

@@ -310,3 +310,63 @@ def test_a_plotted_series_is_never_empty(tmp_path):
     )
     with pytest.raises(ValueError, match="ridge 0.1 has no points for MLP"):
         plotting.regression_vs_width(rows, None, tmp_path / "f.png")
+
+
+def test_report_logs_figures_and_claims_to_wandb_offline(tmp_path, monkeypatch):
+    _fake_width_runs(tmp_path / "runs")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "out"))
+    build_report(tmp_path / "runs", tmp_path / "out")
+    offline = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].rglob("media/images/*.png")), "no figure logged"
+    assert list(offline[0].rglob("media/table/claims*.json")), "no claims table logged"
+
+
+def test_epoch_metrics_reach_the_logger_live(tmp_path):
+    """Every evaluated epoch (not only checkpoints) goes to the logger as it happens."""
+    logged = []
+
+    class Spy:
+        def log(self, record, step):
+            logged.append((step, dict(record)))
+
+        def log_figures(self, figures, step):
+            pass
+
+        def log_table(self, name, rows):
+            pass
+
+        def finish(self):
+            pass
+
+    from ntk_repro import loggers
+
+    cfg = compose_cfg(["debug=smoke", "trainer.epochs=3", "trainer.checkpoint_epochs=[0]"])
+    loggers.LOGGERS["spy"] = lambda **_: Spy()
+    try:
+        cfg.logger.name = "spy"
+        experiment.run(cfg, tmp_path)
+    finally:
+        del loggers.LOGGERS["spy"]
+    epochs = [r["epoch"] for _, r in logged if "train_loss" in r]
+    assert epochs == [0, 1, 2, 3]
+
+
+def test_paper_cost_sweep_composes():
+    from ntk_repro.training import resolve_config, validate_config
+
+    cfg = compose_cfg(
+        [
+            "experiment=cost_outputs",
+            "kernel.measure=cost",
+            "data=cifar10",
+            "model=resnet18",
+            "model.depth=34",
+            "model.width=64",
+            "model.num_outputs=200",
+        ]
+    )
+    resolved = resolve_config(cfg)
+    validate_config(resolved)
+    assert resolved["model"]["num_outputs"] == 200 and resolved["kernel"]["dtype"] == "float32"
