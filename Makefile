@@ -29,9 +29,9 @@ lock: ## Re-lock requirements.txt (hashes) for pyproject.toml, keeping the curre
 lock-upgrade: ## Re-lock requirements.txt with the newest versions the constraints allow
 	$(LOCK) --upgrade
 
-test: $(STAMP) ## Lint, then the fast tests and doctests (builds the venv first if needed)
+test: $(STAMP) ## Lint, then the fast tests and doctests on every core (builds the venv first if needed)
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto
 
 test-slow: $(STAMP) ## The slow tests (end-to-end runs, notebooks, worker kills); CI runs them too
 	$(PY) -m pytest -m slow

@@ -293,6 +293,26 @@ def test_flop_model_control_flow():
     assert not exact and per_layer <= flops < 2 * per_layer  # one trip, flagged as a bound
 
 
+def test_activation_count_skips_parameter_only_values():
+    """Per-example intermediates are those that depend on x: an NTK-parameterised layer's
+    scaled weight c·W is computed once for the batch, and counting it per example once
+    made auto's memory estimate reject structured for a wide MLP."""
+    d, h = 8, 32
+    w1, w2 = inputs((d, h), 1, 0)[0], inputs((h, 3), 1, 1)[0]
+    params = {"w1": w1, "w2": w2}
+    x = inputs((d,), 5, 2)
+    plain = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+    scaled = lambda p, x: jnp.tanh(x @ (p["w1"] * d**-0.5)) @ (p["w2"] * h**-0.5)
+    jitted = jax.jit(scaled)  # the same through a pjit call
+    models = {"plain": plain, "scaled": scaled, "jit": jitted}
+    acts = {n: api.model_facts(f, params, x).activations for n, f in models.items()}
+    assert acts["plain"] < d * h, acts
+    assert acts["scaled"] == acts["jit"] == acts["plain"], acts
+    # a weight-sized value that does depend on x is counted
+    mixed = lambda p, x: jnp.tanh(x @ (p["w1"] * x.sum())) @ p["w2"]
+    assert api.model_facts(mixed, params, x).activations >= acts["plain"] + d * h
+
+
 def test_auto_does_not_trust_ntk_vp_on_while_loops(monkeypatch):
     from ntk.kernels.implementations import IMPLEMENTATIONS
 

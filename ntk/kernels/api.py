@@ -175,7 +175,9 @@ def _facts(sig: Signature) -> Facts:
     closed = jax.make_jaxpr(lambda p, a, d: sig.model(d)(p, a))(params, x, dynamic)
     flops, exact = jaxpr_cost(closed.jaxpr)
     p = sum(math.prod(s) for s, _ in sig.params[1])
-    acts = jaxpr_activations(closed.jaxpr)
+    n_p, n_x = len(jax.tree_util.tree_leaves(params)), len(jax.tree_util.tree_leaves(x))
+    n_d = len(closed.jaxpr.invars) - n_p - n_x
+    acts = jaxpr_activations(closed.jaxpr, [False] * n_p + [True] * n_x + [False] * n_d)
     return Facts(max(flops, 2.0 * p), exact, _custom_vjp_in(closed.jaxpr), acts)
 
 

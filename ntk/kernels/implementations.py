@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.extend.core import ClosedJaxpr, Jaxpr
+from jax.extend.core import ClosedJaxpr, Jaxpr, Var
 
 from ntk.kernels.model import add_batch_axis
 
@@ -164,16 +164,49 @@ def jaxpr_cost(jaxpr) -> tuple[float, bool]:
     return total, exact
 
 
-def jaxpr_activations(jaxpr) -> float:
-    """Elements of every intermediate of a jaxpr (an upper bound on what a vjp keeps):
-    ``scan`` bodies count ``length`` times, other sub-jaxprs once."""
+def jaxpr_activations(jaxpr, dependent=None) -> float:
+    """Elements of the intermediates of a jaxpr that depend on the inputs flagged in
+    ``dependent`` (one bool per invar; default all): an upper bound on what a vjp keeps per
+    example. Values computed from parameters alone (an NTK-parameterised layer's scaled
+    weight ``c·W``) are shared by the whole batch and not counted. ``scan`` bodies count
+    ``length`` times; inside control flow every input of a dependent call counts as
+    dependent (carries may become so)."""
+    flags = [True] * len(jaxpr.invars) if dependent is None else list(dependent)
+    live = {v for v, f in zip(jaxpr.invars, flags, strict=True) if f}
     total = 0.0
     for eqn in jaxpr.eqns:
-        subs = [jaxpr_activations(j) for j in sub_jaxprs(eqn)]
-        if subs:
-            total += (eqn.params["length"] if eqn.primitive.name == "scan" else 1) * max(subs)
-        total += sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+        if not any(isinstance(v, Var) and v in live for v in eqn.invars):
+            continue
+        name = eqn.primitive.name
+        subs = []
+        for sub in sub_jaxprs(eqn):
+            if name in _POSITIONAL_CALLS and len(sub.invars) == len(eqn.invars):
+                inner = [isinstance(v, Var) and v in live for v in eqn.invars]
+            else:
+                inner = [True] * len(sub.invars)
+            subs.append(jaxpr_activations(sub, inner))
+        if subs:  # a call's outputs are its callee's intermediates
+            total += (eqn.params["length"] if name == "scan" else 1) * max(subs)
+        else:
+            total += sum(math.prod(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+        live.update(eqn.outvars)
     return total
+
+
+# Calls whose callee's invars are the equation's invars, one for one.
+_POSITIONAL_CALLS = frozenset(
+    {
+        "pjit",
+        "jit",
+        "closed_call",
+        "core_call",
+        "remat",
+        "checkpoint",
+        "custom_jvp_call",
+        "custom_vjp_call",
+        "custom_vjp_call_jaxpr",
+    }
+)
 
 
 def jaxpr_flops(jaxpr) -> float:
