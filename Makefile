@@ -47,6 +47,10 @@ format: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff format $(LINTED)
 
 RUN := $(PY) experiments/train.py -m
+# Runs that time nothing (quality metrics only) go JOBS at a time through the joblib launcher;
+# the cost runs, which time kernels, run one at a time with nothing beside them.
+JOBS ?= 2
+PAR := $(RUN) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 MLP_WIDTHS := 64,256,1024,2048
 CNN_WIDTHS := 16,32,64,128
 RESNET_WIDTHS := 8,16,32
@@ -59,7 +63,7 @@ RESNET := model=resnet18 data.image_size=16 kernel.n_per_class=2 kernel.n_test_p
 # The paper's timing figure in small: per-computation cost on N = 10 inputs, float32.
 COST_O := experiment=cost_outputs kernel.measure=cost model.num_outputs=10,100,200
 
-reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (37 min measured on a busy 2-core CPU)
+reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (timing: results/reproduce_time.txt)
 	rm -rf results/runs
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory fig-width fig-training fig-linearized fig-cost && \
@@ -67,29 +71,29 @@ reproduce: $(STAMP) ## The whole CPU-scale reproduction on digits -> results/ (3
 	echo "make reproduce: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s of runs and report on $$(nproc) cores (load average $$(cut -d' ' -f1-3 /proc/loadavg) at the end), $$(date -u +%Y-%m-%d)" | tee results/reproduce_time.txt
 
 fig-width: $(STAMP) ## (a) C1-C5 at init across widths: MLP and CNN in both parameterisations, ResNet-18
-	$(RUN) $(WIDTH) model=mlp model.width=$(MLP_WIDTHS) kernel.compare_float32=true
-	$(RUN) $(WIDTH) model=mlp model.width=$(MLP_WIDTHS) model.parameterization=standard
-	$(RUN) $(WIDTH) model=cnn model.width=$(CNN_WIDTHS) kernel.compare_float32=true
-	$(RUN) $(WIDTH) model=cnn model.width=$(CNN_WIDTHS) model.parameterization=standard
-	$(RUN) $(WIDTH) $(RESNET) model.width=$(RESNET_WIDTHS)
+	$(PAR) $(WIDTH) model=mlp model.width=$(MLP_WIDTHS) kernel.compare_float32=true
+	$(PAR) $(WIDTH) model=mlp model.width=$(MLP_WIDTHS) model.parameterization=standard
+	$(PAR) $(WIDTH) model=cnn model.width=$(CNN_WIDTHS) kernel.compare_float32=true
+	$(PAR) $(WIDTH) model=cnn model.width=$(CNN_WIDTHS) model.parameterization=standard
+	$(PAR) $(WIDTH) $(RESNET) model.width=$(RESNET_WIDTHS)
 
 fig-training: $(STAMP) ## (b) C6: the approximation over training, at checkpoints
-	$(RUN) experiment=training logger=wandb model=mlp model.width=128,1024 seed=0,1 \
+	$(PAR) experiment=training logger=wandb model=mlp model.width=128,1024 seed=0,1 \
 	    kernel.timing_repeats=0
-	$(RUN) experiment=training logger=wandb model=cnn model.width=16,64 seed=0,1 \
+	$(PAR) experiment=training logger=wandb model=cnn model.width=16,64 seed=0,1 \
 	    trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] kernel.timing_repeats=0
-	$(RUN) experiment=training logger=wandb $(RESNET) kernel.layer_shares=false model.width=8,32 seed=0,1 \
+	$(PAR) experiment=training logger=wandb $(RESNET) kernel.layer_shares=false model.width=8,32 seed=0,1 \
 	    trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] kernel.timing_repeats=0
 
 fig-linearized: $(STAMP) ## (f) the MSE-trained network against its linearisation (eNTK, pNTK)
-	$(RUN) experiment=linearized logger=wandb model=mlp model.width=128,512,2048 seed=0,1 \
+	$(PAR) experiment=linearized logger=wandb model=mlp model.width=128,512,2048 seed=0,1 \
 	    kernel.timing_repeats=0
 
 fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I with more points (N = 300)
-	$(RUN) experiment=spectra logger=wandb model=mlp model.width=64,2048
+	$(PAR) experiment=spectra logger=wandb model=mlp model.width=64,2048
 
 fig-regression: $(STAMP) ## (d) kernel regression with more points (N = 200); every run has all ridges
-	$(RUN) experiment=regression logger=wandb model=mlp model.width=64,256,1024
+	$(PAR) experiment=regression logger=wandb model=mlp model.width=64,256,1024
 
 fig-cost: $(STAMP) ## (e) C7: time and memory of eNTK vs pNTK as width, depth and O grow
 	$(RUN) experiment=cost logger=wandb model=mlp model.width=256,1024,4096 model.depth=2,4

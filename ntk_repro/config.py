@@ -68,6 +68,91 @@ class WandbSchema:
     mode: str = MISSING
 
 
+@dataclass
+class MLPSchema:
+    name: str = MISSING
+    width: int = MISSING
+    depth: int = MISSING
+    activation: str = MISSING
+    norm: str = MISSING
+    parameterization: str = MISSING
+    sigma_w: float = MISSING
+    sigma_b: float = MISSING
+    readout_sigma_w: float = MISSING
+    num_outputs: int | None = MISSING  # O; null = the data's classes
+
+
+@dataclass
+class CNNSchema(MLPSchema):
+    kernel_size: int = MISSING
+
+
+@dataclass
+class ResNetSchema(MLPSchema):
+    stage_sizes: list[int] | None = MISSING
+
+
+@dataclass
+class _DataSchema:
+    name: str = MISSING
+    seed: int = MISSING
+    classes: list[int] | None = MISSING
+    n_train: int | None = MISSING
+    n_test: int | None = MISSING
+
+
+@dataclass
+class DigitsSchema(_DataSchema):
+    test_fraction: float = MISSING
+    image_size: int | None = MISSING
+
+
+@dataclass
+class Mnist1dSchema(_DataSchema):
+    pass
+
+
+@dataclass
+class TFDSSchema(_DataSchema):
+    tfds_name: str = MISSING
+    data_dir: str | None = MISSING
+    download: bool = MISSING
+
+
+@dataclass
+class SyntheticSchema(_DataSchema):
+    dim: int = MISSING
+    train_size: int = MISSING
+    test_size: int = MISSING
+    num_classes: int = MISSING
+    teacher: str = MISSING
+
+
+@dataclass
+class KernelSchema:
+    enabled: bool = MISSING
+    n_per_class: int | None = MISSING  # null: the whole training set
+    n_test_per_class: int = MISSING
+    seed: int = MISSING
+    implementation: str = MISSING
+    ridges: list[float] = MISSING
+    dtype: str = MISSING
+    compare_float32: bool = MISSING
+    timing_repeats: int = MISSING
+    measure: str = MISSING
+    linearize: bool = MISSING
+    layer_shares: bool = MISSING
+    approximations: list[str] = MISSING
+    batch_size: int | None = MISSING
+    save_kernels: bool = MISSING
+
+
+@dataclass
+class PathsSchema:
+    results_dir: str = MISSING
+    runs_dir: str = MISSING
+
+
 # (group, YAML name) -> schema, stored in Hydra's ConfigStore as "<group>/<name>_schema".
 SCHEMAS: dict[tuple[str, str], type] = {
     ("trainer", "default"): TrainerSchema,
@@ -75,6 +160,16 @@ SCHEMAS: dict[tuple[str, str], type] = {
     ("optimizer", "adam"): AdamSchema,
     ("logger", "none"): NoLoggerSchema,
     ("logger", "wandb"): WandbSchema,
+    ("model", "mlp"): MLPSchema,
+    ("model", "cnn"): CNNSchema,
+    ("model", "resnet18"): ResNetSchema,
+    ("data", "digits"): DigitsSchema,
+    ("data", "mnist1d"): Mnist1dSchema,
+    ("data", "mnist"): TFDSSchema,
+    ("data", "cifar10"): TFDSSchema,
+    ("data", "synthetic"): SyntheticSchema,
+    ("kernel", "default"): KernelSchema,
+    ("paths", "default"): PathsSchema,
 }
 
 

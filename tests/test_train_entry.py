@@ -187,6 +187,9 @@ def test_cli_bad_input_fails_with_message(tmp_path, override, message):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+_KERNEL_ON = "defaults:\n  - override /kernel: default\n"
+
+
 @pytest.mark.parametrize(
     ("preset", "message"),
     [
@@ -194,7 +197,16 @@ def test_cli_bad_input_fails_with_message(tmp_path, override, message):
         ("trainer:\n  epochs: many\n", "epochs"),  # a value of the wrong type
         ("optimizer:\n  momentun: 0.5\n", "momentun"),
         ("optimizer:\n  nesterov: maybe\n", "nesterov"),
+        ("model:\n  widht: 8\n", "widht"),
+        ("model:\n  width: wide\n", "width"),
+        ("data:\n  n_trian: 8\n", "n_trian"),
+        ("data:\n  classes: three\n", "classes"),
+        (f"{_KERNEL_ON}kernel:\n  ridge: [0.0]\n", "ridge"),
+        (f"{_KERNEL_ON}kernel:\n  compare_float32: sometimes\n", "compare_float32"),
+        (f"{_KERNEL_ON}kernel:\n  ridges: [0.0, 0.1]\n", None),
+        ("paths:\n  result_dir: /tmp\n", "result_dir"),
         ("logger:\n  mode: offline\n", None),  # a good preset composes
+        ("model:\n  width: 8\n  num_outputs: 20\n", None),
     ],
 )
 def test_schemas_check_keys_and_types_at_composition(tmp_path, preset, message):
@@ -206,10 +218,29 @@ def test_schemas_check_keys_and_types_at_composition(tmp_path, preset, message):
     overrides = ["experiment=probe", "logger=wandb"]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         if message is None:
-            assert compose(config_name="train", overrides=overrides).logger.mode == "offline"
+            cfg = compose(config_name="train", overrides=overrides)
+            assert cfg.logger.mode == "offline" and cfg.model.num_outputs in (None, 20)
             return
         with pytest.raises(Exception, match=message):
             compose(config_name="train", overrides=overrides)
+
+
+def test_paths_group_moves_every_output(tmp_path):
+    """paths.results_dir is the one place outputs are rooted: runs, sweeps, presets, report."""
+    root = str(tmp_path / "out")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for preset in _options("experiment"):
+            cfg = compose(
+                config_name="train",
+                overrides=[f"experiment={preset}", f"paths.results_dir={root}"],
+                return_hydra_config=True,
+            )
+            dirs = OmegaConf.to_container(cfg.hydra, resolve=False)
+            run, sweep = cfg.hydra.run.dir, cfg.hydra.sweep.dir
+            assert run.startswith(root) and sweep.startswith(root + "/runs/"), (preset, dirs)
+        for name in ("report", "bench"):
+            cfg = compose(config_name=name, overrides=[f"paths.results_dir={root}"])
+            assert cfg.out_dir.startswith(root), name
 
 
 def test_python_api_defaults_are_the_yaml_defaults():
