@@ -124,8 +124,14 @@ def _scaling_figure(plt, result: dict):
             if len(pts) >= 2:
                 slope = result["slopes"].get(impl, {}).get(var, {}).get("slope", float("nan"))
                 ax.loglog(*zip(*pts, strict=True), "o-", label=f"{impl} (slope {slope:.2f})")
+        sizes = sorted(
+            {x for impl in PLOTTED for x, _ in _warm_points(result["rows"], section, var, impl)}
+        )
+        ax.set_xticks(sizes, [str(x) for x in sizes], minor=False)
+        ax.set_xticks([], minor=True)  # the measured sizes only: log minor labels overlap
         ax.set(xlabel=var, ylabel="warm time [s]", title=f"full eNTK, MLP: time vs {var}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a sweep with no timed rows has no series
+            ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     return fig
 
