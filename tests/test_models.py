@@ -85,13 +85,20 @@ def test_cnn_param_count_exact(depth):
 
 
 def test_resnet_params_grow_quadratically_with_width():
+    """Exact count: P(w) = a·w² + b·w + c, with a from the 3x3 convs and 1x1 projections of
+    the four stages (widths w, 2w, 4w, 8w; two basic blocks each): 36 + 128 + 512 + 2048."""
     counts = []
-    for width in (4, 8, 16):
+    for width in (1, 2, 3, 4, 5):
         model = build_model("resnet18", num_classes=10, width=width, norm="none")
         counts.append(param_count(_shapes(model, (8, 8, 1))["params"]))
-    # conv weights dominate and scale with width²; biases and the readout with width.
-    assert 3.6 < counts[1] / counts[0] < 4.0
-    assert 3.8 < counts[2] / counts[1] < 4.0
+    stage_1 = 4 * 9  # four w->w 3x3 convs
+    # a stage of width m·w after one of (m/2)·w: 3x3 conv in, 3x3 conv, 1x1 projection,
+    # then a second block of two 3x3 convs; in units of w²
+    stage = lambda m: 9 * (m // 2) * m + 9 * m * m + (m // 2) * m + 2 * 9 * m * m
+    a = stage_1 + sum(stage(m) for m in (2, 4, 8))
+    assert a == 2724
+    assert list(np.diff(counts, 2)) == [2 * a] * 3  # second differences of a quadratic
+    assert list(np.diff(counts, 3)) == [0, 0]
 
 
 def test_resnet_stage_widths():

@@ -1,7 +1,7 @@
 """The notebooks execute, on tiny settings, and are committed without outputs."""
 
 import json
-import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -33,7 +33,32 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("NTK_NB_PER_CLASS", "1")
     monkeypatch.setenv("NTK_NB_SUMMARY", str(_tiny_summary(tmp_path / "summary.json")))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the inline backend: figures as outputs
     NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
+    text, images = _outputs(nb)
+    for pattern in EXPECTED[path.name]:
+        assert re.search(pattern, text, re.M), (path.name, pattern, text)
+    assert images >= 1, (path.name, "no figure drawn")
+
+
+# What each notebook must print, on the tiny settings above (regular expressions).
+EXPECTED = {
+    "01_quickstart.ipynb": [r"\(6, 6, 10, 10\) \(6, 6\) relative Frobenius error: \d+\.\d+"],
+    "02_approximation_quality.ipynb": [r"^mlp 8 \d+\.\d+", r"^mlp 32 \d+\.\d+"],
+    "03_sweep_summary.ipynb": [r"^3 checkpoints"],
+}
+
+
+def _outputs(nb) -> tuple[str, int]:
+    """All text a notebook printed, and how many images it shows."""
+    text, images = [], 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text.append(out["text"])
+            data = out.get("data", {})
+            text.append(data.get("text/plain", ""))
+            images += "image/png" in data
+    return "\n".join(text), images
