@@ -217,14 +217,8 @@ def _check_spatial(name: str, x: jax.Array) -> None:
 # --- models ------------------------------------------------------------------------------
 
 
-class MLP(nn.Module):
-    """Fully connected network: ``depth`` hidden layers of ``width`` units, then a readout.
-
-    ``x: [N, ...]`` is flattened to ``[N, D]``; returns ``[N, num_classes]``.
-    Parameter count (no norm): ``D·W + W + (depth-1)·(W² + W) + W·O + O``.
-    """
-
-    input_kind: ClassVar[str] = "flat"
+class _Network(nn.Module):
+    """The hyper-parameters every model of the study shares, and their checks."""
 
     num_classes: int
     width: int = 512
@@ -238,9 +232,22 @@ class MLP(nn.Module):
 
     def __post_init__(self):
         _check_common(self)
+        self._check_architecture()
+        super().__post_init__()
+
+    def _check_architecture(self) -> None:
         if not isinstance(self.depth, int) or self.depth <= 0:
             raise ValueError(f"depth: must be a positive int, got {self.depth!r}")
-        super().__post_init__()
+
+
+class MLP(_Network):
+    """Fully connected network: ``depth`` hidden layers of ``width`` units, then a readout.
+
+    ``x: [N, ...]`` is flattened to ``[N, D]``; returns ``[N, num_classes]``.
+    Parameter count (no norm): ``D·W + W + (depth-1)·(W² + W) + W·O + O``.
+    """
+
+    input_kind: ClassVar[str] = "flat"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -253,7 +260,7 @@ class MLP(nn.Module):
         return readout(h_NW)
 
 
-class CNN(nn.Module):
+class CNN(_Network):
     """ConvNet: ``depth`` blocks of conv(``width`` channels) → norm → act → 2×avg-pool, then a
     dense readout on the flattened features.
 
@@ -263,22 +270,8 @@ class CNN(nn.Module):
 
     input_kind: ClassVar[str] = "spatial"
 
-    num_classes: int
     width: int = 64
-    depth: int = 2
     kernel_size: int = 3
-    activation: str = "relu"
-    norm: str = "none"
-    parameterization: str = "ntk"
-    sigma_w: float = SQRT2
-    sigma_b: float = 0.1
-    readout_sigma_w: float = 1.0
-
-    def __post_init__(self):
-        _check_common(self)
-        if not isinstance(self.depth, int) or self.depth <= 0:
-            raise ValueError(f"depth: must be a positive int, got {self.depth!r}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -336,7 +329,7 @@ class BasicBlock(nn.Module):
 RESNET_STAGES: dict[int, tuple[int, ...]] = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
-class ResNet18(nn.Module):
+class ResNet18(_Network):
     """ResNet-18 for small inputs: 3×3 stride-1 stem (no max-pool), basic blocks ``[2, 2, 2, 2]``
     with stage widths ``width · [1, 2, 4, 8]`` (stride 2 from stage 2 on, 'SAME' padding, so
     8×8 inputs end at 1×1), global average pool and a dense readout.
@@ -349,24 +342,16 @@ class ResNet18(nn.Module):
 
     input_kind: ClassVar[str] = "spatial"
 
-    num_classes: int
     width: int = 64
-    stage_sizes: Sequence[int] | None = None
     depth: int = 18
-    activation: str = "relu"
     norm: str = "groupnorm"
-    parameterization: str = "ntk"
-    sigma_w: float = SQRT2
-    sigma_b: float = 0.1
-    readout_sigma_w: float = 1.0
+    stage_sizes: Sequence[int] | None = None
 
-    def __post_init__(self):
-        _check_common(self)
+    def _check_architecture(self) -> None:
         if self.stage_sizes is None:
             lookup("depth", self.depth, RESNET_STAGES)
         elif len(self.stage_sizes) == 0 or any(int(s) <= 0 for s in self.stage_sizes):
             raise ValueError(f"stage_sizes: must be positive ints, got {self.stage_sizes!r}")
-        super().__post_init__()
 
     @property
     def stages(self) -> tuple[int, ...]:
