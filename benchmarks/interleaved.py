@@ -1,0 +1,87 @@
+"""Kernels timed interleaved in one process, for ratios finer than ``make bench`` resolves
+(standalone script).
+
+``make bench`` times every case in its own subprocess, one after the other; two cases whose
+times differ by 10-20 % then also differ by whatever the machine did in between. Here every
+combination of ``--models`` x ``--kinds`` x ``--impls`` (the real models of
+``ntk_repro.bench_models``, N = 32, O = 10, float32) is compiled first and then called in
+turn, ``--rounds`` times, so all of them see the same conditions; the table gives each one's
+minimum and median warm time and its ratio to the first combination of its kind.
+
+    python benchmarks/interleaved.py --models mlp10_scan mlp10_unrolled --kinds entk pntk
+    python benchmarks/interleaved.py --models vit --impls jacobian structured
+"""
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import ntk
+from ntk.atomic import write_json
+from ntk_repro.bench_models import REAL_MODELS, build
+
+
+def measure(models, kinds, impls, rounds: int, n: int = 32, o: int = 10) -> dict:
+    """``{(model, kind, impl): [warm seconds per round]}``, compile time excluded."""
+    calls = {}
+    for model in models:
+        apply_fn, params, x = build({"model": model, "vocab": 0, "o": o, "n": n})
+        for kind, impl in itertools.product(kinds, impls):
+            fn = ntk.kernel_fn(apply_fn, kind=kind, implementation=impl)
+            jax.block_until_ready(fn(params, x))  # compile
+            calls[model, kind, impl] = (fn, params, x)
+    times = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, (fn, params, x) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(params, x))
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: dict) -> list[dict]:
+    """One row per combination, with ratios to the first combination of the same kind."""
+    rows, first = [], {}
+    for (model, kind, impl), ts in times.items():
+        ts = np.asarray(ts)
+        ref = first.setdefault(kind, ts)
+        rows.append(
+            {
+                "model": model,
+                "kind": kind,
+                "implementation": impl,
+                "min_ms": 1e3 * ts.min(),
+                "median_ms": 1e3 * np.median(ts),
+                "ratio_min": ts.min() / ref.min(),
+                "ratio_median": np.median(ts) / np.median(ref),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(REAL_MODELS), required=True)
+    parser.add_argument("--kinds", nargs="+", default=["entk"])
+    parser.add_argument("--impls", nargs="+", default=["structured"])
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--out", default=None, help="JSON file for the rows (optional)")
+    args = parser.parse_args()
+    rows = summary(measure(args.models, args.kinds, args.impls, args.rounds))
+    print("| model | kind | implementation | min | median | ratio (min) | ratio (median) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['kind']} | {r['implementation']} | {r['min_ms']:.2f} ms | "
+            f"{r['median_ms']:.2f} ms | {r['ratio_min']:.2f} | {r['ratio_median']:.2f} |"
+        )
+    if args.out:
+        write_json(Path(args.out), {"rounds": args.rounds, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
