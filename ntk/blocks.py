@@ -20,8 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from ntk.kernels import _checks
-from ntk.kernels.api import KINDS, _resolve, kernel, prepare
+from ntk.kernels import _checks, kinds
+from ntk.kernels.api import KINDS, kernel, prepare
 from ntk.kernels.model import pad_rows
 
 # The key of the metadata record that is not compared on resume (resolved choices, versions).
@@ -155,7 +155,7 @@ def plan_blocks(
     """Validates a blocked kernel request (the checks of :func:`ntk.kernel`, with "auto" left
     for :func:`resolve_implementation`) and plans its blocks; ``meta`` has format ``fmt``."""
     _checks.check_choice("kind", kind, KINDS)
-    _resolve(implementation)
+    kinds.resolve_implementation(implementation)
     check_block_size(block_size)
     prepare(
         apply_fn, params, x1, x2, kind=kind, kind_options=kind_options,

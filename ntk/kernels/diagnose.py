@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ntk.kernels import structured
-from ntk.kernels.api import default_memory_budget, implementation_estimates, prepare
+from ntk.kernels.estimates import default_memory_budget, implementation_estimates
 from ntk.kernels.model import Model, batch_len, split_kwargs
+from ntk.kernels.preparation import prepare
 from ntk.kernels.structured import LeafReport
 
 
