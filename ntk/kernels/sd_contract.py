@@ -1,6 +1,6 @@
 """Structured derivatives, step 3: each structured leaf's kernel from its factors, and costs.
 
-A leaf's uses are grouped (see :class:`~ntk.kernels.sd_analysis.LeafRule`) into classes on
+A leaf's uses are grouped (see :class:`~ntk.kernels.sd_uses.LeafRule`) into classes on
 disjoint parts of the leaf; inside a class, uses of the same orientation and activation kind
 are concatenated along positions. With ``P``/``Q`` the two coordinate factors of a group in
 the class's reference orientation (activation and cotangent, swapped for a transposed use),
@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import opt_einsum
 
 from ntk.kernels.implementations import gram
-from ntk.kernels.sd_analysis import LeafRule
 from ntk.kernels.sd_factors import Factor
+from ntk.kernels.sd_uses import LeafRule
 
 # A structured sum whose einsum would hold more elements than this materialises J instead.
 MAX_INTERMEDIATE = 2**27

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.extend.core import DropVar, Literal
 
 from ntk.kernels.model import Model
-from ntk.kernels.sd_analysis import Plan, Use, bind, inner_jaxpr
+from ntk.kernels.sd_uses import Plan, Use, bind, inner_jaxpr
 
 
 class _Ctx:

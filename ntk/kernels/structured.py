@@ -124,6 +124,21 @@ def _fallback_cost(size, n1, n2, k, diag, itemsize):
     return 2.0 * n1 * n2 * kk * size, float((n1 + n2) * k * size * itemsize)
 
 
+def _leaf_route(i, plan, base, chosen, folded, leaves_p, itemsize, fallback) -> tuple:
+    """``(path, rule, method, FLOPs, bytes)`` of leaf ``i`` under the effective ``plan``
+    (``base`` before the K = 1 choice); ``fallback`` is its Jacobian ``(FLOPs, bytes)``."""
+    if i in plan.rules:
+        c = chosen[i]
+        return "structured", plan.rules[i].describe(), c.method, c.flops, c.elements * itemsize
+    if i in folded:
+        w = jax.tree_util.keystr(leaves_p[folded[i]][0])
+        return "folded bias", f"bias of {w}", "sum", 0.0, 0.0
+    if i in base.rules:  # K = 1 and materialising: the vjp forms J_W
+        return "structured", base.rules[i].describe(), "materialise (vjp)", *fallback
+    why = base.reasons.get(i, "bias of a leaf that materialises by vjp (K = 1)")
+    return "fallback", why, "jacobian", *fallback
+
+
 def leaf_reports(apply_fn, params, x1, n2, k, diag) -> list[LeafReport]:
     """One :class:`LeafReport` per parameter leaf (in ``tree_leaves`` order)."""
     leaves_p, _ = jax.tree_util.tree_flatten_with_path(params)
@@ -133,67 +148,23 @@ def leaf_reports(apply_fn, params, x1, n2, k, diag) -> list[LeafReport]:
     folded = plan.folded_biases
     out = []
     for i, (kp, leaf) in enumerate(leaves_p):
-        size = int(np.size(leaf))
         itemsize = np.dtype(leaf.dtype).itemsize
-        fb_flops, fb_mem = _fallback_cost(size, n1, n2, k, diag, itemsize)
-        name = jax.tree_util.keystr(kp) or "<root>"
-        common = dict(name=name, shape=tuple(np.shape(leaf)))
-        if i in plan.rules:
-            c = chosen[i]
-            out.append(
-                LeafReport(
-                    **common,
-                    path="structured",
-                    rule=plan.rules[i].describe(),
-                    method=c.method,
-                    flops=c.flops,
-                    memory_bytes=c.elements * itemsize,
-                    fallback_flops=fb_flops,
-                    fallback_memory_bytes=fb_mem,
-                )
+        fb = _fallback_cost(int(np.size(leaf)), n1, n2, k, diag, itemsize)
+        route = _leaf_route(i, plan, base, chosen, folded, leaves_p, itemsize, fb)
+        path, rule, method, flops, memory_bytes = route
+        out.append(
+            LeafReport(
+                name=jax.tree_util.keystr(kp) or "<root>",
+                shape=tuple(np.shape(leaf)),
+                path=path,
+                rule=rule,
+                method=method,
+                flops=flops,
+                memory_bytes=memory_bytes,
+                fallback_flops=fb[0],
+                fallback_memory_bytes=fb[1],
             )
-        elif i in folded:
-            w = jax.tree_util.keystr(leaves_p[folded[i]][0])
-            out.append(
-                LeafReport(
-                    **common,
-                    path="folded bias",
-                    rule=f"bias of {w}",
-                    method="sum",
-                    flops=0.0,
-                    memory_bytes=0.0,
-                    fallback_flops=fb_flops,
-                    fallback_memory_bytes=fb_mem,
-                )
-            )
-        elif i in base.rules:  # K = 1 and materialising: the vjp forms J_W
-            rule = base.rules[i].describe()
-            out.append(
-                LeafReport(
-                    **common,
-                    path="structured",
-                    rule=rule,
-                    method="materialise (vjp)",
-                    flops=fb_flops,
-                    memory_bytes=fb_mem,
-                    fallback_flops=fb_flops,
-                    fallback_memory_bytes=fb_mem,
-                )
-            )
-        else:
-            why = base.reasons.get(i, "bias of a leaf that materialises by vjp (K = 1)")
-            out.append(
-                LeafReport(
-                    **common,
-                    path="fallback",
-                    rule=why,
-                    method="jacobian",
-                    flops=fb_flops,
-                    memory_bytes=fb_mem,
-                    fallback_flops=fb_flops,
-                    fallback_memory_bytes=fb_mem,
-                )
-            )
+        )
     return out
 
 
@@ -229,7 +200,7 @@ def _reports_or_none(apply_fn, params, x1, n2, k, diag):
     try:
         return leaf_reports(apply_fn, params, x1, n2, k, diag)
     except Exception as e:  # a model the analysis cannot handle: never choose structured
-        from ntk.kernels.api import warn_once
+        from ntk.kernels.estimates import warn_once
         from ntk.kernels.model import fn_key
 
         warn_once(
