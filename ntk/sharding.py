@@ -83,6 +83,25 @@ def _symmetrize_fn(diag, mesh):
 _symmetrize_cached = functools.lru_cache(maxsize=64)(_symmetrize_fn)
 
 
+def _padded_rows(x1, n_dev: int) -> tuple[Any, int]:
+    """x1 ``[N1, ...]`` padded to ``[N1_pad, ...]`` (a multiple of ``n_dev``), and N1_pad."""
+    n1_pad = math.ceil(batch_len(x1) / n_dev) * n_dev
+    return pad_rows(jax.tree_util.tree_map(jnp.asarray, x1), n1_pad), n1_pad
+
+
+def _placed(mesh: Mesh, x1_pad, xb, params, proj_KO) -> tuple:
+    """``(params, x1, xb, proj_KO)`` placed on ``mesh`` for :func:`_rows_fn`: x1 sharded by
+    rows; xb, params and the projection replicated (in the symmetric case every device
+    needs all of x1 as its columns, padded, so the padded kernel is square and symmetrises
+    with the same row sharding)."""
+    rows = NamedSharding(mesh, P(AXIS))
+    replicated = NamedSharding(mesh, P())
+    x1_s = jax.tree_util.tree_map(lambda a: _place(a, rows), x1_pad)
+    xb_s = jax.tree_util.tree_map(lambda a: _place(a, replicated), xb)
+    params_s = jax.tree_util.tree_map(lambda a: _place(a, replicated), params)
+    return params_s, x1_s, xb_s, _place(proj_KO, replicated)
+
+
 def sharded_kernel(
     apply_fn: ApplyFn,
     params: Any,
@@ -117,32 +136,17 @@ def sharded_kernel(
     mesh = make_mesh(devices)
     n_dev = mesh.devices.size
     n1 = batch_len(x1)
-    n1_pad = math.ceil(n1 / n_dev) * n_dev
-    x1_pad = pad_rows(jax.tree_util.tree_map(jnp.asarray, x1), n1_pad)
+    x1_pad, n1_pad = _padded_rows(x1, n_dev)
     local = take(x1_pad, 0, n1_pad // n_dev)
     xb = x1_pad if x2 is None else x2
     # The per-device block decides the implementation: rows n1_pad / n_dev against all of xb.
     prep = prepare(
-        apply_fn,
-        params,
-        local,
-        xb,
-        kind=kind,
-        implementation=implementation,
+        apply_fn, params, local, xb, kind=kind, implementation=implementation,
         kind_options=kind_options,
-    )
+    )  # fmt: skip
     spec = KINDS[kind]
-    proj_KO = prep.proj_KO
-    rows = NamedSharding(mesh, P(AXIS))
-    replicated = NamedSharding(mesh, P())
-    x1_s = jax.tree_util.tree_map(lambda a: _place(a, rows), x1_pad)
-    # Symmetric case: every device needs all of x1 as its columns (padded, so the padded
-    # kernel is square and symmetrises with the same row sharding).
-    xb_s = jax.tree_util.tree_map(lambda a: _place(a, replicated), xb)
-    params_s = jax.tree_util.tree_map(lambda a: _place(a, replicated), params)
-    proj_s = _place(proj_KO, replicated)
     rows_fn = _rows_fn(fn_key(apply_fn), prep.implementation, spec.diag, mesh)
-    k = rows_fn(params_s, x1_s, xb_s, proj_s)
+    k = rows_fn(*_placed(mesh, x1_pad, xb, params, prep.proj_KO))
     if x2 is None:
         k = _symmetrize_cached(spec.diag, mesh)(k)
     if n1_pad != n1:  # uneven shards do not exist: trimming the padding replicates the result
