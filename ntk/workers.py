@@ -124,6 +124,47 @@ def _why(job) -> str:
     return f"ended without a result (state {job.state}; killed?). Log tail:\n{tail}"
 
 
+def _create(problem, path: Path, store_options: dict) -> None:
+    """Creates (or checks) the store from ``problem()`` here, once; the workers then only
+    open it."""
+    apply_fn, params, x1, x2 = problem()
+    create_store(
+        apply_fn, params, x1, x2, path=path,
+        **{k: v for k, v in store_options.items() if k not in ("devices", "callback")},
+    )  # fmt: skip
+
+
+def _local_executor(submitit, path: Path):
+    """The default executor: local processes, with their files under ``path/submitit``."""
+    executor = submitit.LocalExecutor(folder=path / "submitit")
+    executor.update_parameters(timeout_min=7 * 24 * 60)
+    return executor
+
+
+def _launch(executor, problem, path, n_workers, store_options, cpus_per_worker, on_submit):
+    """Submits every worker with blocks missing (one job array): ``(jobs, owned, restart)``,
+    worker -> job, worker -> its blocks, and ``restart(w)``, which submits worker w again."""
+    jax_config = {"jax_enable_x64": bool(jax.config.jax_enable_x64)}
+
+    def task(w: int) -> WorkerTask:
+        cpus = _worker_cpus(w, cpus_per_worker)
+        return WorkerTask(problem, path, w, n_workers, store_options, jax_config, cpus)
+
+    def submit(w: int, job):
+        if on_submit is not None:
+            on_submit(w, job)
+        return job
+
+    def restart(w: int):
+        return submit(w, executor.submit(task(w)))
+
+    owned = {w: set(_worker_blocks(path, w, n_workers)) for w in range(n_workers)}
+    active = [w for w in range(n_workers) if owned[w] - done_blocks(path)]
+    first = executor.submit_array([task(w) for w in active])
+    jobs = {w: submit(w, job) for w, job in zip(active, first, strict=True)}
+    return jobs, owned, restart
+
+
 def distribute_kernel(
     problem: Problem,
     *,
@@ -165,36 +206,14 @@ def distribute_kernel(
     _check_options(problem, n_workers, max_restarts, cpus_per_worker, store_options)
     submitit = _submitit()
     path = Path(path)
-    apply_fn, params, x1, x2 = problem()
-    # The store is created (or checked) here, once; the workers then only open it.
-    create_store(
-        apply_fn, params, x1, x2, path=path,
-        **{k: v for k, v in store_options.items() if k not in ("devices", "callback")},
-    )  # fmt: skip
+    _create(problem, path, store_options)
     if not missing_blocks(path):
         return path
     if executor is None:
-        executor = submitit.LocalExecutor(folder=path / "submitit")
-        executor.update_parameters(timeout_min=7 * 24 * 60)
-    jax_config = {"jax_enable_x64": bool(jax.config.jax_enable_x64)}
-
-    def task(w: int) -> WorkerTask:
-        cpus = _worker_cpus(w, cpus_per_worker)
-        return WorkerTask(problem, path, w, n_workers, store_options, jax_config, cpus)
-
-    def submit(w: int, job):
-        if on_submit is not None:
-            on_submit(w, job)
-        return job
-
-    owned = {w: set(_worker_blocks(path, w, n_workers)) for w in range(n_workers)}
-    active = [w for w in range(n_workers) if owned[w] - done_blocks(path)]
-    first = executor.submit_array([task(w) for w in active])
-    jobs = {w: submit(w, job) for w, job in zip(active, first, strict=True)}
-
-    def restart(w: int):
-        return submit(w, executor.submit(task(w)))
-
+        executor = _local_executor(submitit, path)
+    jobs, owned, restart = _launch(
+        executor, problem, path, n_workers, store_options, cpus_per_worker, on_submit
+    )
     total = len(_grid(read_meta(path)))
     with progress_bar(total, 0, progress, f"{n_workers} workers") as bar:
         _supervise(path, jobs, owned, restart, max_restarts, poll_s, bar)
