@@ -233,6 +233,17 @@ def _store_blocks(plan, arr, path, compute, todo, *, bar, beat, callback, worker
         bar.close()
 
 
+def _open_meta(plan, path: Path, apply_fn, params, kind_options, *, multi, leader) -> dict:
+    """The store's metadata, created by the leader; the worker's other processes then check
+    it (they wait for the leader when the worker spans processes)."""
+    if leader:
+        meta = _create_or_check(plan, path, apply_fn, params, kind_options)
+    _sync_processes(multi, f"{path} created")
+    if not leader:
+        meta = _create_or_check(plan, path, apply_fn, params, kind_options)
+    return meta
+
+
 def store_kernel(
     apply_fn: ApplyFn,
     params: Any,
@@ -301,11 +312,7 @@ def store_kernel(
     )
     multi = _spans_processes(devices)
     leader = not multi or jax.process_index() == min(d.process_index for d in devices)
-    if leader:  # the leader creates the store; the other processes of the worker then check it
-        meta = _create_or_check(plan, path, apply_fn, params, kind_options)
-    _sync_processes(multi, f"{path} created")
-    if not leader:
-        meta = _create_or_check(plan, path, apply_fn, params, kind_options)
+    meta = _open_meta(plan, path, apply_fn, params, kind_options, multi=multi, leader=leader)
     arr = _open_array(path, meta, create=True)
     mine = [b for k, b in enumerate(plan.grid) if k % n_workers == worker]
     done = done_blocks(path)
