@@ -109,7 +109,7 @@ class DigitsSchema(_DataSchema):
 
 @dataclass
 class Mnist1dSchema(_DataSchema):
-    pass
+    """MNIST-1D: the common data keys only."""
 
 
 @dataclass

@@ -193,20 +193,16 @@ def jaxpr_activations(jaxpr, dependent=None) -> float:
     return total
 
 
-# Calls whose callee's invars are the equation's invars, one for one.
-_POSITIONAL_CALLS = frozenset(
-    {
-        "pjit",
-        "jit",
-        "closed_call",
-        "core_call",
-        "remat",
-        "checkpoint",
-        "custom_jvp_call",
-        "custom_vjp_call",
-        "custom_vjp_call_jaxpr",
-    }
+# Call-like primitives whose callee's invars are the equation's invars, one for one (the
+# structured analysis inlines these); the custom-derivative calls are positional too.
+CALL_PRIMITIVES = frozenset(
+    {"jit", "pjit", "closed_call", "core_call", "checkpoint", "remat", "remat2"}
 )
+_POSITIONAL_CALLS = CALL_PRIMITIVES | {
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+}
 
 
 def jaxpr_flops(jaxpr) -> float:

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
-CALLS = ("jit", "pjit", "closed_call", "core_call", "checkpoint", "remat", "remat2")
+from ntk.kernels.implementations import CALL_PRIMITIVES
+
+CALLS = CALL_PRIMITIVES
 
 
 def inner_jaxpr(eqn) -> tuple[Jaxpr, list] | None:
