@@ -104,7 +104,20 @@ def _empty(path, message: str) -> str:
 
 
 def _loglog(ax, xlabel, ylabel, title):
+    """Log-log axes, called after plotting: x ticks at the plotted x values when there are
+    few of them; y minor ticks at 2 and 5 only (every minor label overlaps its neighbours)."""
+    from matplotlib import ticker
+
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    xs = sorted({float(x) for line in ax.lines for x in line.get_xdata()})
+    if 2 <= len(xs) <= 8:
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xticks([], minor=True)
+    ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+    # labelled when the axis spans at most two decades, unlabelled beyond
+    ax.yaxis.set_minor_formatter(
+        ticker.LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2, 2))
+    )
     ax.grid(True, which="both", alpha=0.3)
 
 
