@@ -27,20 +27,16 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import struct
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -49,7 +45,17 @@ from ntk.checks import lookup
 from ntk_repro import checkpoint as ckpt
 from ntk_repro.config import group_defaults
 from ntk_repro.data import LOADERS, Dataset, load_dataset, reshape_for
-from ntk_repro.models import MODELS, build_model, init_model, kernel_apply_fn
+from ntk_repro.models import MODELS, build_model, kernel_apply_fn
+from ntk_repro.optim import LOSSES, OPTIMIZERS, SCHEDULES, build_optimizer
+from ntk_repro.steps import (
+    TrainState,
+    create_state,
+    epoch_batches,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+    model_variables,
+)
 
 __all__ = [
     "LOSSES",
@@ -71,185 +77,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# --- losses, schedules, optimisers -------------------------------------------------------
-
-
-def _cross_entropy(logits_BO: jax.Array, y_B: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BO, y_B)
-
-
-def _mse(logits_BO: jax.Array, y_B: jax.Array) -> jax.Array:
-    target_BO = jax.nn.one_hot(y_B, logits_BO.shape[-1], dtype=logits_BO.dtype)
-    return 0.5 * jnp.sum((logits_BO - target_BO) ** 2, axis=-1)
-
-
-# name -> per-example loss fn(logits [B, O], int labels [B]) -> [B]
-LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "cross_entropy": _cross_entropy,
-    "mse": _mse,  # 0.5 · ||f(x) - onehot(y)||²
-}
-
-# name -> fn(peak_lr, total_steps, warmup_steps) -> optax schedule
-SCHEDULES: dict[str, Callable[[float, int, int], optax.Schedule]] = {
-    "constant": lambda lr, total, warmup: optax.constant_schedule(lr),
-    "cosine": lambda lr, total, warmup: optax.cosine_decay_schedule(lr, max(total, 1)),
-    "warmup_cosine": lambda lr, total, warmup: optax.warmup_cosine_decay_schedule(
-        0.0, lr, max(warmup, 1), max(total, warmup + 1)
-    ),
-}
-
-
-def _sgd(
-    learning_rate: optax.Schedule,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-) -> optax.GradientTransformation:
-    """SGD (with momentum when > 0); L2 weight decay added to the gradient."""
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
-    )
-
-
-def _adam(
-    learning_rate: optax.Schedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-) -> optax.GradientTransformation:
-    """Adam with decoupled weight decay (AdamW; plain Adam when ``weight_decay == 0``)."""
-    return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-
-
-# name -> fn(learning_rate schedule, **options) -> optax transformation
-OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {"sgd": _sgd, "adam": _adam}
-
-
-def build_optimizer(
-    opt_cfg: Mapping[str, Any], *, steps_per_epoch: int, epochs: int
-) -> optax.GradientTransformation:
-    """Builds the optimiser ``opt_cfg["name"]`` from :data:`OPTIMIZERS`.
-
-    Args:
-      opt_cfg: ``name``, ``learning_rate``, ``schedule`` (a key of :data:`SCHEDULES`),
-        ``warmup_epochs`` and the optimiser's own options (``momentum``, ``weight_decay``...).
-      steps_per_epoch, epochs: give the schedule's length.
-    """
-    opt_cfg = dict(opt_cfg)
-    make = lookup("optimizer", opt_cfg.pop("name", None), OPTIMIZERS)
-    lr = float(opt_cfg.pop("learning_rate"))
-    schedule_fn = lookup("optimizer.schedule", opt_cfg.pop("schedule", "constant"), SCHEDULES)
-    warmup_steps = int(round(float(opt_cfg.pop("warmup_epochs", 0)) * steps_per_epoch))
-    valid = set(inspect.signature(make).parameters) - {"learning_rate"}
-    unknown = sorted(set(opt_cfg) - valid)
-    if unknown:
-        raise ValueError(f"optimizer: unknown options {unknown}; valid: {sorted(valid)}")
-    schedule = schedule_fn(lr, epochs * steps_per_epoch, warmup_steps)
-    return make(schedule, **opt_cfg)
-
-
-# --- state and steps ---------------------------------------------------------------------
-
-
-@struct.dataclass
-class TrainState:
-    """Everything the jitted step updates. ``batch_stats`` is ``{}`` without BatchNorm."""
-
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-
-def create_state(
-    model: nn.Module, key: jax.Array, input_shape: Sequence[int], tx: optax.GradientTransformation
-) -> TrainState:
-    """Initialises params (and batch_stats) for inputs ``[N, *input_shape]`` and the optimiser."""
-    variables = init_model(model, key, input_shape)
-    params = variables["params"]
-    return TrainState(params, variables.get("batch_stats", {}), tx.init(params))
-
-
-def _variables(state: TrainState, params: Any) -> dict:
-    if state.batch_stats:
-        return {"params": params, "batch_stats": state.batch_stats}
-    return {"params": params}
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str) -> Callable:
-    """Jitted ``train_step(state, x_BX, y_B) -> (state, {"loss", "acc"})`` (train mode;
-    BatchNorm statistics are updated from the batch)."""
-    loss_fn = lookup("trainer.loss", loss, LOSSES)
-
-    def train_step(state: TrainState, x_BX: jax.Array, y_B: jax.Array):
-        def objective(params):
-            variables = _variables(state, params)
-            if state.batch_stats:
-                logits_BO, updates = model.apply(
-                    variables, x_BX, train=True, mutable=["batch_stats"]
-                )
-                batch_stats = updates["batch_stats"]
-            else:
-                logits_BO = model.apply(variables, x_BX, train=True)
-                batch_stats = state.batch_stats
-            return jnp.mean(loss_fn(logits_BO, y_B)), (logits_BO, batch_stats)
-
-        (loss_value, (logits_BO, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        acc = jnp.mean((jnp.argmax(logits_BO, axis=-1) == y_B).astype(jnp.float32))
-        return TrainState(params, batch_stats, opt_state), {"loss": loss_value, "acc": acc}
-
-    return jax.jit(train_step)
-
-
-def make_eval_step(model: nn.Module, loss: str) -> Callable:
-    """Jitted ``eval_step(state, x_BX, y_B, mask_B) -> {"loss_sum", "correct"}`` in eval mode;
-    rows with ``mask_B == 0`` (padding) are ignored."""
-    loss_fn = lookup("trainer.loss", loss, LOSSES)
-
-    def eval_step(state: TrainState, x_BX: jax.Array, y_B: jax.Array, mask_B: jax.Array):
-        logits_BO = model.apply(_variables(state, state.params), x_BX, train=False)
-        correct_B = (jnp.argmax(logits_BO, axis=-1) == y_B).astype(jnp.float32)
-        return {
-            "loss_sum": jnp.sum(loss_fn(logits_BO, y_B) * mask_B),
-            "correct": jnp.sum(correct_B * mask_B),
-        }
-
-    return jax.jit(eval_step)
-
-
-def evaluate(
-    eval_step: Callable, state: TrainState, x_NX: np.ndarray, y_N: np.ndarray, batch_size: int
-) -> dict[str, float]:
-    """Mean loss and accuracy over ``x_NX`` in fixed-size (zero-padded) batches."""
-    n = len(y_N)
-    batch_size = min(batch_size, n)
-    loss_sum, correct = 0.0, 0.0
-    for start in range(0, n, batch_size):
-        x_BX, y_B = x_NX[start : start + batch_size], y_N[start : start + batch_size]
-        mask_B = np.ones(batch_size, np.float32)
-        pad = batch_size - len(y_B)
-        if pad:
-            x_BX = np.concatenate([x_BX, np.zeros((pad, *x_BX.shape[1:]), x_BX.dtype)])
-            y_B = np.concatenate([y_B, np.zeros(pad, y_B.dtype)])
-            mask_B[batch_size - pad :] = 0.0
-        out = eval_step(state, x_BX, y_B, mask_B)
-        loss_sum += float(out["loss_sum"])
-        correct += float(out["correct"])
-    return {"loss": loss_sum / n, "acc": correct / n}
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """``[n // batch_size, batch_size]`` example indices of epoch ``epoch`` (last partial batch
-    dropped), a deterministic function of ``(seed, epoch)``."""
-    perm_N = np.random.default_rng([seed, epoch]).permutation(n)
-    steps = n // batch_size
-    return perm_N[: steps * batch_size].reshape(steps, batch_size)
 
 
 def checkpoint_epochs(trainer_cfg: Mapping[str, Any]) -> list[int]:
@@ -386,6 +213,194 @@ def _load_data(cfg: Mapping) -> Dataset:
     return reshape_for(ds, MODELS[cfg["model"]["name"]].input_kind, model=cfg["model"]["name"])
 
 
+@dataclass
+class _Run:
+    """One run's fixed pieces (data, model, steps, schedule) and its moving state."""
+
+    cfg: dict
+    out: Path
+    ds: Dataset
+    model: nn.Module
+    train_step: Callable
+    eval_step: Callable
+    manager: Any
+    state: TrainState
+    key: jax.Array
+    callbacks: Sequence[Callback]
+    on_epoch: Callable[[dict], None] | None
+    step: int = 0
+    records: list = field(default_factory=list)
+
+    @property
+    def trainer(self) -> dict:
+        return self.cfg["trainer"]
+
+    @property
+    def batch_size(self) -> int:
+        return _batch_size(self.ds, self.trainer)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.ds.y_train) // self.batch_size
+
+
+def _batch_size(ds: Dataset, trainer: Mapping) -> int:
+    return min(int(trainer["batch_size"]), len(ds.y_train))
+
+
+def _setup(cfg: dict, out: Path, callbacks, on_epoch) -> _Run:
+    """Data, model, optimiser, jitted steps and the initial state of a run."""
+    ds = _load_data(cfg)
+    trainer = cfg["trainer"]
+    steps_per_epoch = len(ds.y_train) // _batch_size(ds, trainer)
+    model_cfg = dict(cfg["model"])
+    model = build_model(model_cfg.pop("name"), num_classes=ds.num_classes, **model_cfg)
+    epochs = max(int(trainer["epochs"]), 1)
+    tx = build_optimizer(cfg["optimizer"], steps_per_epoch=steps_per_epoch, epochs=epochs)
+    init_key, key = jax.random.split(jax.random.key(int(cfg["seed"])))
+    return _Run(
+        cfg=cfg,
+        out=out,
+        ds=ds,
+        model=model,
+        train_step=make_train_step(model, tx, trainer["loss"]),
+        eval_step=make_eval_step(model, trainer["loss"]),
+        manager=ckpt.checkpoint_manager(out),
+        state=create_state(model, init_key, ds.input_shape, tx),
+        key=key,
+        callbacks=callbacks,
+        on_epoch=on_epoch,
+    )
+
+
+def _resume(run: _Run) -> int:
+    """Restores the last checkpoint into ``run`` and keeps the metric records up to it;
+    returns its epoch."""
+    epoch = ckpt.checkpoint_epochs_saved(run.out)[-1]
+    state = run.state
+    restored = ckpt.restore_checkpoint(
+        run.manager,
+        epoch,
+        params=state.params,
+        batch_stats=state.batch_stats,
+        opt_state=state.opt_state,
+        key=run.key,
+    )
+    run.state = TrainState(restored["params"], restored["batch_stats"], restored["opt_state"])
+    run.key = restored["key"]
+    run.step = int(restored["meta"]["step"])
+    run.records = [r for r in ckpt.read_metrics(run.out) if r["epoch"] <= epoch]
+    log.info("resuming %s from epoch %d (step %d)", run.out, epoch, run.step)
+    return epoch
+
+
+def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
+    """Evaluates train (first ``train_eval_size`` examples) and test sets, appends the record
+    to ``metrics.jsonl`` and hands it to ``on_epoch``."""
+    ds, trainer = run.ds, run.trainer
+    n_eval = len(ds.y_train) if trainer["train_eval_size"] is None else trainer["train_eval_size"]
+    n_eval, bs = int(n_eval), trainer["eval_batch_size"]
+    train_m = evaluate(run.eval_step, run.state, ds.x_train[:n_eval], ds.y_train[:n_eval], bs)
+    test_m = evaluate(run.eval_step, run.state, ds.x_test, ds.y_test, bs)
+    record = {
+        "epoch": epoch,
+        "step": run.step,
+        "train_loss": train_m["loss"],
+        "train_acc": train_m["acc"],
+        "test_loss": test_m["loss"],
+        "test_acc": test_m["acc"],
+        "checkpoint": is_checkpoint,
+    }
+    run.records.append(record)
+    ckpt.write_metrics(run.out, run.records)
+    if run.on_epoch is not None:
+        run.on_epoch(dict(record))
+    log.info(
+        "epoch %d step %d: train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f",
+        *(record[k] for k in ("epoch", "step", "train_loss", "train_acc", "test_loss")),
+        record["test_acc"],
+    )
+    return record
+
+
+def _save_and_call_back(run: _Run, epoch: int, record: dict) -> None:
+    """Saves the checkpoint of ``epoch``, then runs the callbacks on it; scalars they return
+    join the epoch's record."""
+    state = run.state
+    meta = {"step": run.step, "num_classes": run.ds.num_classes}
+    meta["input_shape"] = list(run.ds.input_shape)
+    ckpt.save_checkpoint(
+        run.manager,
+        epoch,
+        params=state.params,
+        batch_stats=state.batch_stats,
+        opt_state=state.opt_state,
+        key=run.key,
+        meta=meta,
+    )
+    if not run.callbacks:
+        return
+    apply_fn, params = kernel_apply_fn(run.model, model_variables(state, state.params))
+    event = CheckpointEvent(
+        epoch=epoch,
+        step=run.step,
+        out_dir=run.out,
+        checkpoint_dir=run.out / ckpt.CHECKPOINT_DIR / str(epoch),
+        model=run.model,
+        apply_fn=apply_fn,
+        params=params,
+        state=state,
+        metrics=record,
+        dataset=run.ds,
+        cfg=run.cfg,
+    )
+    extra = {}
+    for callback in run.callbacks:
+        extra.update(callback(event) or {})
+    if extra:
+        record.update(extra)
+        ckpt.write_metrics(run.out, run.records)
+
+
+def _finish_epoch(run: _Run, epoch: int, save_epochs: set[int]) -> None:
+    """Evaluation (every ``eval_every`` epochs and at checkpoints), then the checkpoint.
+
+    Metrics are written before the checkpoint: a crash in between resumes from the previous
+    checkpoint, which truncates this record away."""
+    is_checkpoint = epoch in save_epochs
+    if not (is_checkpoint or epoch % int(run.trainer["eval_every"]) == 0):
+        return
+    record = _evaluate_epoch(run, epoch, is_checkpoint)
+    if is_checkpoint:
+        _save_and_call_back(run, epoch, record)
+
+
+def _train_epoch(run: _Run, epoch: int, bar) -> None:
+    """One pass over the epoch's batches (its permutation of ``(seed, epoch)``)."""
+    ds, metrics = run.ds, []
+    n, seed = len(ds.y_train), int(run.cfg["seed"])
+    for idx_B in epoch_batches(n, run.batch_size, seed, epoch):
+        run.state, m = run.train_step(run.state, ds.x_train[idx_B], ds.y_train[idx_B])
+        metrics.append(m)
+        run.step += 1
+        bar.update(1)
+    if metrics:
+        loss = float(jnp.mean(jnp.stack([m["loss"] for m in metrics])))
+        acc = float(jnp.mean(jnp.stack([m["acc"] for m in metrics])))
+        bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+
+
+def _progress_bar(run: _Run, epochs: int):
+    progress = run.trainer["progress"]
+    return tqdm(
+        total=epochs * run.steps_per_epoch,
+        initial=run.step,
+        desc=f"train {run.cfg['model']['name']}/{run.ds.name}",
+        disable=None if progress == "auto" else not progress,
+        dynamic_ncols=True,
+    )
+
+
 def train(
     cfg: DictConfig | Mapping,
     out_dir: str | Path,
@@ -417,149 +432,30 @@ def train(
     validate_config(cfg)
     out = ckpt.ensure_writable_dir(out_dir)
     resume = _check_resume(out, cfg)
-    ds = _load_data(cfg)
-    trainer = cfg["trainer"]
-    seed = int(cfg["seed"])
-
-    n_train = len(ds.y_train)
-    batch_size = min(int(trainer["batch_size"]), n_train)
-    steps_per_epoch = n_train // batch_size
-    epochs = int(trainer["epochs"])
-    save_epochs = set(checkpoint_epochs(trainer))
-    eval_every = int(trainer["eval_every"])
-    n_train_eval = (
-        n_train if trainer["train_eval_size"] is None else int(trainer["train_eval_size"])
-    )
-    x_train_eval, y_train_eval = ds.x_train[:n_train_eval], ds.y_train[:n_train_eval]
-
-    model_cfg = dict(cfg["model"])
-    model = build_model(model_cfg.pop("name"), num_classes=ds.num_classes, **model_cfg)
-    tx = build_optimizer(cfg["optimizer"], steps_per_epoch=steps_per_epoch, epochs=max(epochs, 1))
-    init_key, key = jax.random.split(jax.random.key(seed))
-    state = create_state(model, init_key, ds.input_shape, tx)
-    train_step = make_train_step(model, tx, trainer["loss"])
-    eval_step = make_eval_step(model, trainer["loss"])
-    meta = {"num_classes": ds.num_classes, "input_shape": list(ds.input_shape)}
-
-    manager = ckpt.checkpoint_manager(out)
-    records: list[dict] = []
-    start_epoch, step, resumed_from = 0, 0, None
-    if resume:
-        resumed_from = ckpt.checkpoint_epochs_saved(out)[-1]
-        restored = ckpt.restore_checkpoint(
-            manager,
-            resumed_from,
-            params=state.params,
-            batch_stats=state.batch_stats,
-            opt_state=state.opt_state,
-            key=key,
-        )
-        state = TrainState(restored["params"], restored["batch_stats"], restored["opt_state"])
-        key = restored["key"]
-        start_epoch, step = resumed_from, int(restored["meta"]["step"])
-        records = [r for r in ckpt.read_metrics(out) if r["epoch"] <= resumed_from]
-        log.info("resuming %s from epoch %d (step %d)", out, start_epoch, step)
+    run = _setup(cfg, out, callbacks, on_epoch)
+    resumed_from = _resume(run) if resume else None
     atomic.write_text(out / ckpt.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    ckpt.write_metrics(out, records)
-
-    def finish_epoch(epoch: int) -> None:
-        is_checkpoint = epoch in save_epochs
-        if not (is_checkpoint or epoch % eval_every == 0):
-            return
-        train_m = evaluate(eval_step, state, x_train_eval, y_train_eval, trainer["eval_batch_size"])
-        test_m = evaluate(eval_step, state, ds.x_test, ds.y_test, trainer["eval_batch_size"])
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": train_m["loss"],
-            "train_acc": train_m["acc"],
-            "test_loss": test_m["loss"],
-            "test_acc": test_m["acc"],
-            "checkpoint": is_checkpoint,
-        }
-        # metrics first, then the checkpoint: a crash in between resumes from the previous
-        # checkpoint, which truncates this record away.
-        records.append(record)
-        ckpt.write_metrics(out, records)
-        if on_epoch is not None:
-            on_epoch(dict(record))
-        log.info(
-            "epoch %d step %d: train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f",
-            epoch,
-            step,
-            record["train_loss"],
-            record["train_acc"],
-            record["test_loss"],
-            record["test_acc"],
-        )
-        if not is_checkpoint:
-            return
-        ckpt.save_checkpoint(
-            manager,
-            epoch,
-            params=state.params,
-            batch_stats=state.batch_stats,
-            opt_state=state.opt_state,
-            key=key,
-            meta={"step": step, **meta},
-        )
-        if callbacks:
-            apply_fn, params = kernel_apply_fn(model, _variables(state, state.params))
-            event = CheckpointEvent(
-                epoch=epoch,
-                step=step,
-                out_dir=out,
-                checkpoint_dir=out / ckpt.CHECKPOINT_DIR / str(epoch),
-                model=model,
-                apply_fn=apply_fn,
-                params=params,
-                state=state,
-                metrics=record,
-                dataset=ds,
-                cfg=cfg,
-            )
-            extra = {}
-            for callback in callbacks:
-                extra.update(callback(event) or {})
-            if extra:  # a callback may return scalars to store with this checkpoint's record
-                record.update(extra)
-                ckpt.write_metrics(out, records)
-
+    ckpt.write_metrics(out, run.records)
+    epochs = int(cfg["trainer"]["epochs"])
+    save_epochs = set(checkpoint_epochs(cfg["trainer"]))
     try:
         if not resume:
-            finish_epoch(0)
-        progress = trainer["progress"]
-        bar = tqdm(
-            total=epochs * steps_per_epoch,
-            initial=step,
-            desc=f"train {cfg['model']['name']}/{ds.name}",
-            disable=None if progress == "auto" else not progress,
-            dynamic_ncols=True,
-        )
-        with bar:
-            for epoch in range(start_epoch + 1, epochs + 1):
-                batch_metrics = []
-                for idx_B in epoch_batches(n_train, batch_size, seed, epoch):
-                    state, m = train_step(state, ds.x_train[idx_B], ds.y_train[idx_B])
-                    batch_metrics.append(m)
-                    step += 1
-                    bar.update(1)
-                if batch_metrics:
-                    loss = float(jnp.mean(jnp.stack([m["loss"] for m in batch_metrics])))
-                    acc = float(jnp.mean(jnp.stack([m["acc"] for m in batch_metrics])))
-                    bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", acc=f"{acc:.3f}")
-                finish_epoch(epoch)
+            _finish_epoch(run, 0, save_epochs)
+        with _progress_bar(run, epochs) as bar:
+            for epoch in range((resumed_from or 0) + 1, epochs + 1):
+                _train_epoch(run, epoch, bar)
+                _finish_epoch(run, epoch, save_epochs)
     finally:
-        manager.close()
-    if not math.isfinite(records[-1]["train_loss"]):
-        log.warning("training diverged: final train_loss is %s", records[-1]["train_loss"])
+        run.manager.close()
+    if not math.isfinite(run.records[-1]["train_loss"]):
+        log.warning("training diverged: final train_loss is %s", run.records[-1]["train_loss"])
     return TrainResult(
-        state=state,
-        metrics=records,
-        model=model,
-        dataset=ds,
+        state=run.state,
+        metrics=run.records,
+        model=run.model,
+        dataset=run.ds,
         out_dir=out,
         epoch=epochs,
-        step=step,
+        step=run.step,
         resumed_from=resumed_from,
     )
