@@ -221,25 +221,22 @@ def kernel_metrics(
             )
             res.scalars[f"time_{kind}_s"] = t_a
     if compare_float32 and dtype != "float32":
-        low = _quality(
-            apply_fn,
-            _cast(params, "float32"),
-            _cast(evalset.x_train, "float32"),
-            _cast(evalset.x_test, "float32"),
-            evalset,
-            _cast(kw, "float32"),
-            (0.0,),
-            options,
-            0,
-        )
-        for key in F32_COMPARED:
-            res.scalars[f"{key}_f32"] = low.scalars[key]
-        for kind in ("entk", "pntk"):
-            hi, lo = res.arrays[kind], low.arrays[kind]
-            res.scalars[f"f32_{kind}_rel_diff"] = float(
-                np.linalg.norm(lo - hi) / np.linalg.norm(hi)
-            )
+        res.scalars.update(_float32_changes(apply_fn, params, evalset, kw, options, res.arrays))
     return res
+
+
+def _float32_changes(apply_fn, params, evalset, kw, options, arrays) -> dict:
+    """What float32 kernels change against the float64 ones in ``arrays``: the
+    :data:`F32_COMPARED` scalars with an ``_f32`` suffix, and each kernel's relative
+    difference (``f32_<kind>_rel_diff``)."""
+    x_tr, x_te = _cast(evalset.x_train, "float32"), _cast(evalset.x_test, "float32")
+    p, k_state = _cast(params, "float32"), _cast(kw, "float32")
+    low = _quality(apply_fn, p, x_tr, x_te, evalset, k_state, (0.0,), options, 0)
+    out = {f"{key}_f32": low.scalars[key] for key in F32_COMPARED}
+    for kind in ("entk", "pntk"):
+        hi, lo = arrays[kind], low.arrays[kind]
+        out[f"f32_{kind}_rel_diff"] = float(np.linalg.norm(lo - hi) / np.linalg.norm(hi))
+    return out
 
 
 # what compare_float32 stores with an ``_f32`` suffix
@@ -283,9 +280,7 @@ def _quality(apply_fn, params, x_tr, x_te, evalset, kw, ridges, options, repeats
     (``k(Z, Z)``, Z = X ∪ X*): ``k(X, X)`` and ``k(X*, X)`` are its blocks, and one compiled
     computation serves both (its time and memory are those of N + M points: ``n_cost``)."""
     y_tr, y_te = evalset.y_train, evalset.y_test
-    o = evalset.num_classes
-    y_onehot = np.eye(o)[y_tr]
-    n = len(y_tr)
+    n, o = len(y_tr), evalset.num_classes
     z = jax.tree_util.tree_map(lambda a, b: np.concatenate([a, b]), x_tr, x_te)
     cost = _cost(apply_fn, params, z, kw, *options, repeats)
     entk_zz, pntk_zz = cost.pop("_entk"), cost.pop("_pntk")
@@ -295,14 +290,37 @@ def _quality(apply_fn, params, x_tr, x_te, evalset, kw, ridges, options, repeats
         )
     entk_tt, entk_st = entk_zz[:n, :n], entk_zz[n:, :n]
     pntk_tt, pntk_st = pntk_zz[:n, :n], pntk_zz[n:, :n]
-
-    s: dict[str, Any] = {
-        "n": int(n),
-        "n_test": int(len(y_te)),
-        **cost,
-        "relative_frobenius_error": relative_frobenius_error(entk_tt, pntk_tt),
+    s: dict[str, Any] = {"n": int(n), "n_test": int(len(y_te)), **cost}
+    s["relative_frobenius_error"] = relative_frobenius_error(entk_tt, pntk_tt)
+    spec = _spectra(entk_tt, pntk_tt, s)
+    arrays: dict[str, np.ndarray] = {
+        "entk": entk_tt,
+        "pntk": pntk_tt,
+        "eig_entk": spec["eig_entk"],
+        "eig_pntk_kron_i": spec["eig_approx"],
+        "y_train": y_tr,
+        "y_test": y_te,
     }
-    spec = compare_spectra(entk_tt, pntk_tt)
+    y_onehot = np.eye(o)[y_tr]
+    arrays.update(_regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s))
+    f0_tr = np.asarray(apply_fn(params, x_tr, **kw), np.float64)
+    f0_te = np.asarray(apply_fn(params, x_te, **kw), np.float64)
+    lin_e = linearized_prediction(entk_tt, entk_st, y_onehot, f0_tr, f0_te)
+    lin_p = linearized_prediction(pntk_tt, pntk_st, y_onehot, f0_tr, f0_te)
+    s.update(
+        lin_pred_rel_diff=_rel_diff(lin_p, lin_e),
+        lin_acc_entk=accuracy(lin_e, y_te),
+        lin_acc_pntk=accuracy(lin_p, y_te),
+        net_acc=accuracy(f0_te, y_te),
+    )
+    arrays.update(f_train=f0_tr, f_test=f0_te, entk_test=entk_st, pntk_test=pntk_st)
+    return KernelResult(s, arrays)
+
+
+def _spectra(entk_NNOO, pntk_NN, s: dict) -> dict:
+    """Adds λ_max, λ_min, condition numbers, their errors and the Weyl bound
+    ‖Θ − pNTK⊗I‖₂/λ_max(Θ) to the scalars ``s``; returns :func:`compare_spectra`'s dict."""
+    spec = compare_spectra(entk_NNOO, pntk_NN)
     s.update(
         lambda_max_entk=spec["lambda_max_entk"],
         lambda_max_pntk=spec["lambda_max_approx"],
@@ -314,18 +332,16 @@ def _quality(apply_fn, params, x_tr, x_te, evalset, kw, ridges, options, repeats
         cond_pntk=spec["cond_approx"],
         n_roundoff_negative=spec["n_roundoff_negative"],
     )
-    diff_NONO = as_matrix(entk_tt) - kron_identity(pntk_tt, o)
-    eig_diff = np.linalg.eigvalsh(0.5 * (diff_NONO + diff_NONO.T))
+    diff = as_matrix(entk_NNOO) - kron_identity(pntk_NN, entk_NNOO.shape[-1])
+    eig_diff = np.linalg.eigvalsh(0.5 * (diff + diff.T))
     s["weyl_bound_lambda_max"] = float(np.max(np.abs(eig_diff)) / spec["lambda_max_entk"])
-    arrays: dict[str, np.ndarray] = {
-        "entk": entk_tt,
-        "pntk": pntk_tt,
-        "eig_entk": spec["eig_entk"],
-        "eig_pntk_kron_i": spec["eig_approx"],
-        "y_train": y_tr,
-        "y_test": y_te,
-    }
+    return spec
 
+
+def _regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s: dict) -> dict:
+    """Kernel regression with both kernels at every ridge: adds the ``kr_*`` scalars to ``s``
+    (with an ``@ridge=r`` suffix, and without one at ridge 0); returns the predictions."""
+    arrays = {}
     for ridge in ridges:
         p_e = kernel_regression(entk_tt, entk_st, y_onehot, ridge=ridge)
         p_p = kernel_regression(pntk_tt, pntk_st, y_onehot, ridge=ridge)
@@ -341,19 +357,7 @@ def _quality(apply_fn, params, x_tr, x_te, evalset, kw, ridges, options, repeats
                 s[key] = val
         arrays[f"pred_entk@ridge={ridge:g}"] = p_e
         arrays[f"pred_pntk@ridge={ridge:g}"] = p_p
-
-    f0_tr = np.asarray(apply_fn(params, x_tr, **kw), np.float64)
-    f0_te = np.asarray(apply_fn(params, x_te, **kw), np.float64)
-    lin_e = linearized_prediction(entk_tt, entk_st, y_onehot, f0_tr, f0_te)
-    lin_p = linearized_prediction(pntk_tt, pntk_st, y_onehot, f0_tr, f0_te)
-    s.update(
-        lin_pred_rel_diff=_rel_diff(lin_p, lin_e),
-        lin_acc_entk=accuracy(lin_e, y_te),
-        lin_acc_pntk=accuracy(lin_p, y_te),
-        net_acc=accuracy(f0_te, y_te),
-    )
-    arrays.update(f_train=f0_tr, f_test=f0_te, entk_test=entk_st, pntk_test=pntk_st)
-    return KernelResult(s, arrays)
+    return arrays
 
 
 def _rel_diff(a: np.ndarray, ref: np.ndarray) -> float:
@@ -415,16 +419,15 @@ def linearized_vs_network(init: Mapping[str, np.ndarray], f_test_MO, y_test, *, 
 
 
 def save_arrays(path, arrays: Mapping[str, np.ndarray], keys: Sequence[str] | None = None) -> None:
-    """Writes the selected arrays to ``path`` (``.npz``, no pickle) atomically."""
-    import os
+    """Writes the selected arrays to ``path`` (compressed ``.npz``, no pickle) atomically."""
     from pathlib import Path
+
+    from ntk import atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    chosen = {k: np.asarray(v) for k, v in arrays.items() if keys is None or k in keys}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **chosen)
-    os.replace(tmp, path)
+    chosen = {k: v for k, v in arrays.items() if keys is None or k in keys}
+    atomic.save_npz(path, chosen, compressed=True)
 
 
 def layer_shares(apply_fn, params, x, apply_kwargs=None, *, max_bytes: float = 3e9) -> dict:
@@ -444,17 +447,15 @@ def layer_shares(apply_fn, params, x, apply_kwargs=None, *, max_bytes: float = 3
     if 4.0 * out_shape[0] * out_shape[1] * n_params > max_bytes:
         return {}
     jac = jax.jit(jax.jacrev(lambda p: apply_fn(p, x, **_cast(kw, "float32"))))(p32)
-    o = out_shape[1]
-    eye = np.eye(o)
+    n, o = out_shape
     groups = {}
     for name, sub in jac.items() if isinstance(jac, Mapping) else [("all", jac)]:
-        j_NOP = np.concatenate(
-            [np.asarray(a, np.float64).reshape(out_shape[0], o, -1)
-             for a in jax.tree_util.tree_leaves(sub)], axis=-1
-        )  # fmt: skip
-        theta = np.einsum("aop,bqp->aboq", j_NOP, j_NOP)
+        j_MP = np.concatenate(
+            [np.asarray(a).reshape(n * o, -1) for a in jax.tree_util.tree_leaves(sub)], axis=1
+        )  # rows (example, output); float32: casting J up costs more than its GEMM
+        theta = (j_MP @ j_MP.T).astype(np.float64).reshape(n, o, n, o).transpose(0, 2, 1, 3)
         pntk = theta.sum(axis=(2, 3)) / o
-        groups[str(name)] = (theta, theta - pntk[:, :, None, None] * eye)
+        groups[str(name)] = (theta, theta - pntk[:, :, None, None] * np.eye(o))
     theta_all = sum(t for t, _ in groups.values())
     d_all = sum(d for _, d in groups.values())
     s = {}
