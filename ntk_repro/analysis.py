@@ -216,10 +216,8 @@ def kernel_metrics(
         for kind in approximations:
             kfn = _kernel_fn(apply_fn, kind, implementation, batch_size)
             approx, t_a, _, _ = _timed(lambda kfn=kfn: kfn(p, x_tr, **k_state))
-            res.scalars[f"relative_frobenius_error_{kind}"] = relative_frobenius_error(
-                res.arrays["entk"], approx
-            )
-            res.scalars[f"time_{kind}_s"] = t_a
+            err = relative_frobenius_error(res.arrays["entk"], approx)
+            res.scalars.update({f"relative_frobenius_error_{kind}": err, f"time_{kind}_s": t_a})
     if compare_float32 and dtype != "float32":
         res.scalars.update(_float32_changes(apply_fn, params, evalset, kw, options, res.arrays))
     return res
