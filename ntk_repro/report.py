@@ -17,30 +17,30 @@ import json
 import math
 import os
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ntk import atomic
 from ntk_repro import plotting
 from ntk_repro.claims import AGREES, DISAGREES, Claim, claim_checks, ridges_of
-
-# The kernel metrics of the headline table (means over seeds at initialisation).
-HEADLINE = (
-    "relative_frobenius_error",
-    "lambda_max_rel_error",
-    "lambda_min_rel_error",
-    "cond_entk",
-    "cond_pntk",
-    "kr_pred_rel_diff",
-    "kr_acc_entk",
-    "kr_acc_pntk",
-    "lin_acc_entk",
-    "lin_acc_pntk",
-    "time_entk_s",
-    "time_pntk_s",
+from ntk_repro.report_md import (
+    README_COLUMNS,
+    cell,
+    columns_table,
+    expected_text,
+    measured_text,
+    report_md,
 )
+from ntk_repro.report_tables import (
+    HEADLINE,
+    float32_effect,
+    layer_share_table,
+    linearized_table,
+    mean_rows,
+)
+
 # The per-run summary: the run's identity, then the headline metrics (no linearised ones).
 SUMMARY_FIELDS = (
     "model",
@@ -144,197 +144,7 @@ def _spectra(rows: list[dict], max_panels: int = 3):
     return panels, heat
 
 
-# --- text ---------------------------------------------------------------------------------
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def _slope_text(d: dict) -> str:
-    if d.get("slope") is None:
-        return "slope n/a (fewer than two widths)"
-    x = d.get("x") or []
-    span = f", x {x[0]}–{x[-1]}" if x else ""
-    return f"slope {_fmt(d['slope'])} ± {_fmt(d.get('se'))} ({d.get('n_seeds')} seeds{span})"
-
-
-def measured_text(c: Claim) -> str:
-    """One line with the measured numbers of a claim check."""
-    m = c.measured
-    if c.id in ("C1", "C2"):
-        extra = m.get("error_at_widest", m.get("lambda_max_rel_error_at_widest"))
-        return f"{_slope_text(m)}; {_fmt(extra)} at the widest"
-    if c.id == "C3":
-        return (
-            f"λ_min: {_slope_text(m['slope_lambda_min'])}; κ: "
-            f"{_slope_text(m['slope_cond'])}; λ_max slope {_fmt(m['slope_lambda_max'])}"
-        )
-    if c.id == "C4":
-        return (
-            f"{_slope_text(m)}; accuracy gap at the widest {_fmt(m['accuracy_gap_at_widest'])};"
-            f" linearised-prediction slope {_fmt(m['slope_linearized'])}"
-        )
-    if c.id == "C5":
-        return (
-            "slope by ridge: "
-            + ", ".join(f"{_fmt(p['ridge'])}: {_fmt(p['slope'])}" for p in c.parts)
-            + f" (ridge 0: {_fmt(m['slope_ridge0'])})"
-        )
-    if c.id == "C6":
-        return "error at the last checkpoint / at init: " + ", ".join(
-            f"width {w}: {_fmt(v)}" for w, v in m["value"].items()
-        )
-    if c.id == "C7":
-        at = m.get("at")
-        if not at:
-            return "no cost runs"
-        return (
-            f"eNTK/pNTK time {_fmt(at['time_ratio'])}×, memory {_fmt(at['memory_ratio'])}× "
-            f"at O = {at['O']} (depth {at['depth']}, width {at['width']})"
-        )
-    return json.dumps(m)
-
-
-def expected_text(c: Claim) -> str:
-    e = c.expected
-    return f"{e.get('value')} ({e.get('source')})"
-
-
-def _claims_table(claims: list[Claim]) -> list[str]:
-    lines = [
-        "| claim | model | measured | expected (source) | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for c in claims:
-        model = plotting.arm_label((c.model, c.parameterization))
-        cells = (f"**{c.id}** {c.claim}", model, measured_text(c), expected_text(c))
-        lines.append("| " + " | ".join(_cell(x) for x in cells) + f" | **{c.verdict}** |")
-    return lines
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|")
-
-
-def _claim_details(claims: list[Claim]) -> list[str]:
-    lines = []
-    for c in claims:
-        if not c.parts:
-            lines.append(
-                f"- **{c.id} {c.model} ({c.parameterization})**: {c.verdict}. Rule: {c.rule}."
-            )
-            continue
-        lines.append(f"- **{c.id} {c.model} ({c.parameterization})**: {c.verdict}. Rule: {c.rule}.")
-        for p in c.parts:
-            nums = ", ".join(
-                f"{k} {_fmt(v)}"
-                for k, v in p.items()
-                if k not in ("check", "verdict", "rule", "per_seed", "x", "interval")
-            )
-            lines.append(f"  - {p['check']}: **{p['verdict']}** ({p['rule']}; {nums})")
-    return lines
-
-
-def _mean_rows(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
-    """Rows averaged over seeds, per (model, parameterization, width)."""
-    acc: dict = defaultdict(list)
-    for r in rows:
-        acc[(r["model"], r.get("parameterization") or "ntk", r["width"])].append(r)
-    out = []
-    order = {"mlp": 0, "cnn": 1, "resnet18": 2}
-    for (m, p, w), rs in sorted(
-        acc.items(), key=lambda kv: (kv[0][1] != "ntk", order.get(kv[0][0], 9), kv[0][2])
-    ):
-        rec = {"model": m, "parameterization": p, "width": w, "seeds": len(rs)}
-        for k in keys:
-            vals = [r[k] for r in rs if r.get(k) is not None]
-            rec[k] = float(np.mean(vals)) if vals else None
-        out.append(rec)
-    return out
-
-
-def _table(rows: list[dict], fields, headers=None) -> list[str]:
-    headers = headers or fields
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(fields)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(f)) for f in fields) + " |")
-    return lines
-
-
-F32_KEYS = ("lambda_min_rel_error", "cond_entk", "kr_pred_rel_diff", "kr_acc_entk")
-
-
-def float32_effect(rows: list[dict]) -> list[dict]:
-    """What float32 kernels change against float64 (runs with ``kernel.compare_float32``)."""
-    keys = tuple(k for k in F32_KEYS) + tuple(f"{k}_f32" for k in F32_KEYS)
-    keys += ("f32_entk_rel_diff", "f32_pntk_rel_diff")
-    picked = [r for r in rows if r.get("f32_entk_rel_diff") is not None]
-    return _mean_rows(picked, keys)
-
-
-def linearized_table(rows: list[dict]) -> list[dict]:
-    """The MSE-trained arm: the network's test predictions after training against the
-    linearised network's (eNTK and pNTK⊗I from init, same steps)."""
-    keys = (
-        "net_lin_rel_diff_entk",
-        "net_lin_rel_diff_pntk",
-        "net_acc",
-        "lin_t_acc_entk",
-        "lin_t_acc_pntk",
-        "lin_t_rel_diff",
-    )
-    last: dict = {}
-    for r in rows:
-        if r.get("net_lin_rel_diff_entk") is None:
-            continue
-        k = (r["model"], r.get("parameterization"), r["width"], r.get("seed"))
-        if k not in last or r["epoch"] > last[k]["epoch"]:
-            last[k] = r
-    out = _mean_rows(list(last.values()), (*keys, "epoch"))
-    return out
-
-
-def layer_share_table(rows: list[dict]) -> list[dict]:
-    """Per model, at the widest width with a layer diagnosis (``kernel.layer_shares``), each
-    parameter group's share of Θ and of Θ − pNTK⊗I (mean over seeds), largest error first."""
-    out = []
-    by_arm: dict = defaultdict(list)
-    for r in rows:
-        if any(k.startswith("error_share_") for k in r):
-            by_arm[(r["model"], r.get("parameterization") or "ntk")].append(r)
-    for (model, param), rs in sorted(by_arm.items()):
-        w = max(r["width"] for r in rs)
-        wide = [r for r in rs if r["width"] == w]
-        groups = sorted(
-            {k[len("error_share_") :] for r in wide for k in r if k.startswith("error_share_")}
-        )
-        for g in groups:
-            out.append(
-                {
-                    "model": model,
-                    "parameterization": param,
-                    "width": w,
-                    "group": g,
-                    "kernel_share": float(np.mean([r.get(f"kernel_share_{g}", 0.0) for r in wide])),
-                    "error_share": float(np.mean([r.get(f"error_share_{g}", 0.0) for r in wide])),
-                }
-            )
-    return sorted(out, key=lambda d: (d["model"], -d["error_share"]))
-
-
 # --- the report ---------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _figures(rows: list[dict], out: Path, ridges) -> dict[str, str]:
@@ -367,23 +177,6 @@ def _figures(rows: list[dict], out: Path, ridges) -> dict[str, str]:
     return figs
 
 
-CAPTIONS = {
-    "frobenius_vs_width": "C1. Relative Frobenius error at initialisation against width, mean "
-    "± std over seeds; legend: fitted log-log slope ± its standard error; dotted: width^-1/2.",
-    "eigen_vs_width": "C2/C3. Relative errors of λ_max, λ_min and the condition number of "
-    "pNTK⊗I against Θ.",
-    "regression_vs_width": "C4/C5. Relative difference of the kernel-regression predictions on "
-    "held-out points, one line per relative ridge the runs used.",
-    "regression_large_n": "C4/C5 with more kernel points (the regression preset).",
-    "frobenius_vs_epoch": "C6. Error at each checkpoint over the error at initialisation.",
-    "cost_vs_outputs": "C7. eNTK/pNTK warm time and compiled memory against the number of "
-    "outputs O (a wider readout on the same inputs); bars: min–max over repeats.",
-    "cost_vs_width": "C7. Warm time and compiled memory of each kernel against width.",
-    "spectra": "Eigenvalues of Θ and pNTK⊗I at initialisation.",
-    "heatmaps": "Θ, pNTK⊗I and their difference on four inputs.",
-}
-
-
 def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> dict:
     """Writes ``summary.json``, the figures and ``report.md`` for every run under
     ``runs_root``.
@@ -402,19 +195,9 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = find_runs(runs_root)
-    rows = [r for d in runs for r in run_rows(d)]
+    rows = _sorted_rows(runs)
     if not rows:
         raise FileNotFoundError(f"runs_root: no runs with kernel metrics under {str(runs_root)!r}")
-    rows.sort(
-        key=lambda r: (
-            str(r["model"]),
-            str(r.get("experiment")),
-            r["width"] or 0,
-            r.get("num_outputs") or 0,
-            r["seed"] or 0,
-            r["epoch"],
-        )
-    )
     summary_rows = [{k: _finite(v) for k, v in r.items()} for r in rows]
     width_rows = _of(rows, WIDTH)
     claims = claim_checks(width_rows, _of(rows, TRAINING), _of(rows, COST))
@@ -431,172 +214,39 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> di
         "layer_shares": shares,
         "runs": len(runs),
     }
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=_json_default))
-    _atomic_write(out / "report.md", _report_md(rows, runs, claims, figs, f32, lin, shares))
-    checks = [
-        {
-            "trend": f"{c.id} {c.model} ({c.parameterization}): {c.claim}",
-            "measured": measured_text(c),
-            "agrees": {AGREES: True, DISAGREES: False}.get(c.verdict),
-            "verdict": c.verdict,
-        }
-        for c in claims
-    ]
+    atomic.write_text(out / "summary.json", json.dumps(summary, indent=1, default=_json_default))
+    md = report_md(rows, runs, claims, figs, f32, lin, shares, width_rows)
+    atomic.write_text(out / "report.md", md)
+    checks = [_check_line(c) for c in claims]
     _log_to_wandb(out, figs, claims)
     return {"summary": summary_rows, "claims": summary["claims"], "figures": figs, "checks": checks}
+
+
+def _sorted_rows(runs: list[Path]) -> list[dict]:
+    """Every run's rows, by model, experiment, width, O, seed and epoch."""
+    rows = [r for d in runs for r in run_rows(d)]
+
+    def key(r):
+        model, experiment = str(r["model"]), str(r.get("experiment"))
+        return (model, experiment, r["width"] or 0, r.get("num_outputs") or 0, r["seed"] or 0)
+
+    return sorted(rows, key=lambda r: (*key(r), r["epoch"]))
+
+
+def _check_line(c: Claim) -> dict:
+    """A claim for the command line: ``agrees`` True / False / None (inconclusive)."""
+    return {
+        "trend": f"{c.id} {c.model} ({c.parameterization}): {c.claim}",
+        "measured": measured_text(c),
+        "agrees": {AGREES: True, DISAGREES: False}.get(c.verdict),
+        "verdict": c.verdict,
+    }
 
 
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def _report_md(rows, runs, claims, figs, f32, lin, shares) -> str:
-    width_rows = _of(rows, WIDTH)
-    init = [r for r in width_rows if r["epoch"] == 0]
-    counts = defaultdict(int)
-    for c in claims:
-        counts[c.verdict] += 1
-    ns = sorted(
-        {(r["model"], r.get("n"), r.get("num_outputs"), r.get("kernel_dtype")) for r in init}
-    )
-    lines = [
-        "# pNTK vs eNTK: reproduction report",
-        "",
-        f"{len(runs)} runs, {len(rows)} checkpoints with kernels. Kernel points per model "
-        "(model, N, O, dtype): " + "; ".join(f"{m} N={n} O={o} {d}" for m, n, o, d in ns) + ".",
-        "",
-        f"Verdicts: {counts[AGREES]} agree, {counts[DISAGREES]} do not agree, "
-        f"{counts['inconclusive']} inconclusive.",
-        "",
-        "## The paper's claims, checked",
-        "",
-        *_claims_table(claims),
-        "",
-        "### How each verdict was reached",
-        "",
-        *_claim_details(claims),
-        "",
-        "## Figures",
-        "",
-    ]
-    for name, path in figs.items():
-        lines += [
-            f"### {name.replace('_', ' ')}",
-            "",
-            CAPTIONS.get(name, ""),
-            "",
-            f"![{name}]({Path(path).name})",
-            "",
-        ]
-    if shares:
-        lines += [
-            "## Diagnosis: which layers make Θ and its departure from pNTK⊗I",
-            "",
-            "At initialisation, on the kernel points: each parameter group's share of the eNTK, "
-            "⟨Θ_g, Θ⟩/‖Θ‖², and of the error, ⟨D_g, D⟩/‖D‖² with D = Θ − pNTK⊗I (each column "
-            "sums to 1). The theory's width^-1/2 comes from the readout's exactly block-diagonal "
-            "term (h·h'/n)⊗I outweighing the lower layers' off-diagonal blocks; a readout with a "
-            "small share of Θ leaves the rate to the lower layers.",
-            "",
-            *_table(
-                shares,
-                ("model", "width", "group", "kernel_share", "error_share"),
-                ("model", "width", "parameter group", "share of Θ", "share of the error"),
-            ),
-            "",
-        ]
-    if f32:
-        lines += [
-            "## float64 against float32 kernels",
-            "",
-            "Kernels are computed in float64 from the trained float32 parameters "
-            "(`kernel.dtype`); runs with `kernel.compare_float32=true` also computed them in "
-            "float32. Mean over seeds:",
-            "",
-            *_table(
-                f32,
-                (
-                    "model",
-                    "parameterization",
-                    "width",
-                    "f32_entk_rel_diff",
-                    "lambda_min_rel_error",
-                    "lambda_min_rel_error_f32",
-                    "cond_entk",
-                    "cond_entk_f32",
-                    "kr_pred_rel_diff",
-                    "kr_pred_rel_diff_f32",
-                    "kr_acc_entk",
-                    "kr_acc_entk_f32",
-                ),
-                (
-                    "model",
-                    "param.",
-                    "width",
-                    "‖K32−K64‖/‖K64‖",
-                    "λ_min err f64",
-                    "λ_min err f32",
-                    "κ(Θ) f64",
-                    "κ(Θ) f32",
-                    "KR diff f64",
-                    "KR diff f32",
-                    "KR acc f64",
-                    "KR acc f32",
-                ),
-            ),
-            "",
-        ]
-    if lin:
-        lines += [
-            "## The linearised network against the trained network (MSE arm)",
-            "",
-            "Networks trained with MSE by full-batch gradient descent on the kernel points; the "
-            "linearised network f_lin,t = f0 + Θ*Θ⁻¹(I − (I − ηΘ/N)^t)(Y − f0) with the init "
-            "eNTK (or pNTK⊗I), the same learning rate η and steps t. At the last checkpoint:",
-            "",
-            *_table(
-                lin,
-                (
-                    "model",
-                    "parameterization",
-                    "width",
-                    "epoch",
-                    "net_lin_rel_diff_entk",
-                    "net_lin_rel_diff_pntk",
-                    "lin_t_rel_diff",
-                    "net_acc",
-                    "lin_t_acc_entk",
-                    "lin_t_acc_pntk",
-                ),
-                (
-                    "model",
-                    "param.",
-                    "width",
-                    "steps",
-                    "‖f − f_lin,eNTK‖/‖f_lin‖",
-                    "‖f − f_lin,pNTK‖/‖f_lin‖",
-                    "‖f_lin,pNTK − f_lin,eNTK‖/‖·‖",
-                    "net acc",
-                    "lin eNTK acc",
-                    "lin pNTK acc",
-                ),
-            ),
-            "",
-        ]
-    lines += [
-        "## At initialisation, mean over seeds",
-        "",
-        "`lin_*`: the linearised network f0 + Θ*Θ⁻¹(Y − f0) (converged gradient flow on the "
-        "kernel points); times: warm calls, compile excluded.",
-        "",
-        *_table(
-            _mean_rows(init, HEADLINE), ("model", "parameterization", "width", "seeds", *HEADLINE)
-        ),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _log_to_wandb(out: Path, figs: dict, claims: list[Claim]) -> None:
@@ -649,30 +299,10 @@ def readme_results(out_dir: str | Path) -> str:
     for c in claims:
         claim = Claim(**c)
         model = plotting.arm_label((c["model"], c["parameterization"]))
-        lines.append(f"| {c['id']} | {model} | {_cell(measured_text(claim))} | {c['verdict']} |")
+        lines.append(f"| {c['id']} | {model} | {cell(measured_text(claim))} | {c['verdict']} |")
     lines += ["", "At initialisation (mean over seeds):", ""]
-    keys = (
-        "relative_frobenius_error",
-        "lambda_max_rel_error",
-        "lambda_min_rel_error",
-        "kr_acc_entk",
-        "kr_acc_pntk",
-    )
-    lines += _table(
-        _mean_rows(rows, keys),
-        ("model", "parameterization", "width", "seeds", *keys),
-        (
-            "model",
-            "param.",
-            "width",
-            "seeds",
-            "rel. Frobenius error",
-            "λ_max rel. error",
-            "λ_min rel. error",
-            "KR acc eNTK (ridge 0)",
-            "KR acc pNTK (ridge 0)",
-        ),
-    )
+    keys = tuple(f for f, _ in README_COLUMNS[4:])
+    lines += columns_table(mean_rows(rows, keys), README_COLUMNS)
     return "\n".join(lines) + "\n"
 
 
@@ -685,4 +315,4 @@ def update_readme(out_dir: str | Path, readme: str | Path = "README.md") -> None
         raise ValueError(f"readme: {str(path)!r} lacks the results markers")
     pattern = re.escape(README_BEGIN) + r".*?" + re.escape(README_END)
     new = README_BEGIN + "\n" + readme_results(out_dir) + README_END
-    _atomic_write(path, re.sub(pattern, lambda _: new, text, flags=re.S))
+    atomic.write_text(path, re.sub(pattern, lambda _: new, text, flags=re.S))
