@@ -21,15 +21,52 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
-VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE)
-Z = 2.0  # half-width of every interval in standard errors (~95 %)
+from ntk_repro.verdicts import (
+    AGREES,
+    DISAGREES,
+    INCONCLUSIVE,
+    VERDICTS,
+    Claim,
+    Slope,
+    Z,
+    arms,
+    at_widest,
+    combine,
+    cond_error,
+    falls,
+    fit_slope,
+    mean_se,
+    part,
+    ridges_of,
+    rounded,
+    select,
+    slope_in_band,
+    width_slope,
+    within,
+)
+
+__all__ = [
+    "AGREES",
+    "DISAGREES",
+    "INCONCLUSIVE",
+    "VERDICTS",
+    "Claim",
+    "Slope",
+    "check_c1",
+    "check_c2",
+    "check_c3",
+    "check_c4",
+    "check_c5",
+    "check_c6",
+    "check_c7",
+    "claim_checks",
+    "fit_slope",
+    "ridges_of",
+]
 
 # C1: "roughly like width^-1/2". Theory: the readout's diagonal blocks grow with the width n
 # while the off-diagonal blocks stay O(1), so ‖Θ − pNTK⊗I‖_F / ‖Θ‖_F ~ n^-1/2. "Roughly" is
@@ -49,209 +86,20 @@ C7_PAPER_O = 200
 C7_PAPER_LOG10_BAND = (2.5, 3.5)
 
 
-@dataclass(frozen=True)
-class Slope:
-    """A fitted log-log slope: ``slope ± Z·se`` over ``widths`` with ``n_seeds`` seeds."""
-
-    slope: float
-    se: float
-    per_seed: tuple[float, ...]
-    xs: tuple[float, ...]
-    n_seeds: int
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return (self.slope - Z * self.se, self.slope + Z * self.se)
-
-    def as_dict(self) -> dict:
-        lo, hi = self.interval
-        return {
-            "slope": _r(self.slope),
-            "se": _r(self.se),
-            "interval": [_r(lo), _r(hi)],
-            "per_seed": [_r(s) for s in self.per_seed],
-            "x": list(self.xs),
-            "n_seeds": self.n_seeds,
-        }
-
-
-@dataclass
-class Claim:
-    """One claim checked on one model (architecture and parameterisation)."""
-
-    id: str
-    model: str
-    claim: str
-    measured: dict
-    expected: dict
-    verdict: str
-    rule: str
-    parameterization: str = "ntk"
-    parts: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def _r(v: float, digits: int = 4) -> float | None:
-    if v is None or not math.isfinite(float(v)):
-        return None
-    return float(f"{float(v):.{digits}g}")
-
-
-# --- the statistics, defined once ---------------------------------------------------------
-
-
-def fit_slope(points: Iterable[tuple[Any, float, float]]) -> Slope:
-    """Least-squares slope of ``log y`` on ``log x`` from ``(seed, x, y)`` points.
-
-    The slope is the pooled fit over all points. Its standard error is the larger of (a) the
-    spread of per-seed slopes, ``std(ddof=1)/√k`` over the k seeds that have two or more x
-    values, and (b) the pooled fit's own least-squares standard error (needs three points).
-    Non-positive or non-finite y are dropped. With fewer than two distinct x the slope is nan;
-    with no way to estimate the spread the se is nan (every verdict is then inconclusive).
-    """
-    by_seed: dict = defaultdict(list)
-    for seed, x, y in points:
-        if x is not None and y is not None and x > 0 and y > 0 and math.isfinite(y):
-            by_seed[seed].append((math.log(x), math.log(y)))
-    pts = [p for ps in by_seed.values() for p in ps]
-    xs = sorted({round(math.exp(p[0]), 9) for p in pts})
-    if len(xs) < 2:
-        return Slope(float("nan"), float("nan"), (), tuple(xs), len(by_seed))
-    lx, ly = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-    slope, icept = np.polyfit(lx, ly, 1)
-    ses = []
-    n = len(pts)
-    if n >= 3:
-        resid = ly - (slope * lx + icept)
-        sxx = float(np.sum((lx - lx.mean()) ** 2))
-        ses.append(math.sqrt(float(np.sum(resid**2)) / (n - 2) / sxx))
-    per_seed = []
-    for ps in by_seed.values():
-        if len({p[0] for p in ps}) >= 2:
-            per_seed.append(float(np.polyfit([p[0] for p in ps], [p[1] for p in ps], 1)[0]))
-    if len(per_seed) >= 2:
-        ses.append(float(np.std(per_seed, ddof=1)) / math.sqrt(len(per_seed)))
-    se = max(ses) if ses else float("nan")
-    xs_out = tuple(int(x) if float(x).is_integer() else x for x in xs)
-    return Slope(float(slope), se, tuple(per_seed), xs_out, len(by_seed))
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error ``std(ddof=1)/√k`` (se nan for a single value)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-
-
-# --- verdict rules ------------------------------------------------------------------------
-
-
-def within(lo: float, hi: float, band: tuple[float, float]) -> str:
-    """Interval ``[lo, hi]`` inside ``band``: agrees; disjoint from it: does not agree."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return INCONCLUSIVE
-    if band[0] <= lo and hi <= band[1]:
-        return AGREES
-    if hi < band[0] or lo > band[1]:
-        return DISAGREES
-    return INCONCLUSIVE
-
-
-def slope_in_band(s: Slope, band: tuple[float, float]) -> str:
-    return within(*s.interval, band)
-
-
-def falls(s: Slope) -> str:
-    """The quantity falls with x: the slope's interval is below 0 (agrees), above 0 (it
-    grows: does not agree), or contains 0 (inconclusive)."""
-    return within(*s.interval, (-math.inf, 0.0))
-
-
-def combine(verdicts: Iterable[str]) -> str:
-    """All parts agree: agrees; any part does not: does not agree; otherwise inconclusive."""
-    vs = list(verdicts)
-    if not vs:
-        return INCONCLUSIVE
-    if any(v == DISAGREES for v in vs):
-        return DISAGREES
-    if all(v == AGREES for v in vs):
-        return AGREES
-    return INCONCLUSIVE
-
-
-def _part(name: str, verdict: str, rule: str, **measured) -> dict:
-    return {"check": name, "verdict": verdict, "rule": rule, **measured}
-
-
-# --- rows ---------------------------------------------------------------------------------
-
-
-def arms(rows: Sequence[dict]) -> list[tuple[str, str]]:
-    """``(model, parameterization)`` pairs present in ``rows``, NTK parameterisation first."""
-    keys = {(r["model"], r.get("parameterization") or "ntk") for r in rows}
-    order = {"mlp": 0, "cnn": 1, "resnet18": 2}
-    return sorted(keys, key=lambda k: (k[1] != "ntk", order.get(k[0], 9), k))
-
-
-def _select(rows, model, param, epoch: int | None = 0) -> list[dict]:
-    return [
-        r
-        for r in rows
-        if r["model"] == model
-        and (r.get("parameterization") or "ntk") == param
-        and (epoch is None or r.get("epoch") == epoch)
-    ]
-
-
-def width_slope(rows: Sequence[dict], key: str | Callable[[dict], float | None]) -> Slope:
-    """:func:`fit_slope` of ``key`` (a row key or a function of a row) against width."""
-    get = key if callable(key) else (lambda r: r.get(key))
-    return fit_slope((r.get("seed"), r.get("width"), get(r)) for r in rows)
-
-
-def _cond_error(r: dict) -> float | None:
-    ce, cp = r.get("cond_entk"), r.get("cond_pntk")
-    if ce is None or cp is None or not ce:
-        return None
-    return abs(cp / ce - 1.0)
-
-
-def _at_widest(rows: Sequence[dict], key: str) -> tuple[Any, list[float]]:
-    if not rows:
-        return None, []
-    w = max(r["width"] for r in rows)
-    return w, [r[key] for r in rows if r["width"] == w and r.get(key) is not None]
-
-
-def ridges_of(rows: Sequence[dict]) -> list[float]:
-    """The ridges the runs used (from the ``kr_pred_rel_diff@ridge=r`` keys), sorted."""
-    out = set()
-    for r in rows:
-        for k in r:
-            if k.startswith("kr_pred_rel_diff@ridge="):
-                out.add(float(k.split("=", 1)[1]))
-    return sorted(out)
-
-
 # --- the claims ---------------------------------------------------------------------------
 
 
 def check_c1(rows, model, param) -> Claim:
     s = width_slope(rows, "relative_frobenius_error")
-    w, vals = _at_widest(rows, "relative_frobenius_error")
+    w, vals = at_widest(rows, "relative_frobenius_error")
     return Claim(
         "C1",
         model,
         "relative Frobenius error ‖Θ − pNTK⊗I‖/‖Θ‖ at initialisation falls like width^-1/2",
         {
-            "value": _r(s.slope),
+            "value": rounded(s.slope),
             **s.as_dict(),
-            "error_at_widest": _r(np.mean(vals) if vals else None),
+            "error_at_widest": rounded(np.mean(vals) if vals else None),
         },
         {
             "value": C1_SLOPE,
@@ -267,17 +115,17 @@ def check_c1(rows, model, param) -> Claim:
 
 def check_c2(rows, model, param) -> Claim:
     s = width_slope(rows, "lambda_max_rel_error")
-    w, vals = _at_widest(rows, "lambda_max_rel_error")
-    _, bound = _at_widest(rows, "weyl_bound_lambda_max")
+    w, vals = at_widest(rows, "lambda_max_rel_error")
+    _, bound = at_widest(rows, "weyl_bound_lambda_max")
     return Claim(
         "C2",
         model,
         "λ_max is well approximated and its relative error converges with width",
         {
-            "value": _r(s.slope),
+            "value": rounded(s.slope),
             **s.as_dict(),
-            "lambda_max_rel_error_at_widest": _r(np.mean(vals) if vals else None),
-            "weyl_bound_at_widest": _r(np.mean(bound) if bound else None),
+            "lambda_max_rel_error_at_widest": rounded(np.mean(vals) if vals else None),
+            "weyl_bound_at_widest": rounded(np.mean(bound) if bound else None),
         },
         {
             "value": "slope < 0",
@@ -293,26 +141,26 @@ def check_c2(rows, model, param) -> Claim:
 
 def check_c3(rows, model, param) -> Claim:
     s_min = width_slope(rows, "lambda_min_rel_error")
-    s_cond = width_slope(rows, _cond_error)
+    s_cond = width_slope(rows, cond_error)
     s_max = width_slope(rows, "lambda_max_rel_error")
     diff = s_min.slope - s_max.slope
     se_diff = math.hypot(s_min.se, s_max.se)
     parts = [
-        _part(
+        part(
             "λ_min relative error falls", falls(s_min), "slope interval below 0", **s_min.as_dict()
         ),
-        _part(
+        part(
             "condition-number relative error |κ_pNTK/κ_eNTK − 1| falls",
             falls(s_cond),
             "slope interval below 0",
             **s_cond.as_dict(),
         ),
-        _part(
+        part(
             "more slowly than λ_max",
             within(diff - Z * se_diff, diff + Z * se_diff, (0.0, math.inf)),
             "slope(λ_min) − slope(λ_max) > 0 with its interval",
-            difference=_r(diff),
-            se=_r(se_diff),
+            difference=rounded(diff),
+            se=rounded(se_diff),
         ),
     ]
     return Claim(
@@ -320,10 +168,10 @@ def check_c3(rows, model, param) -> Claim:
         model,
         "λ_min and the condition number converge too, empirically, more slowly than λ_max",
         {
-            "value": _r(s_min.slope),
+            "value": rounded(s_min.slope),
             "slope_lambda_min": s_min.as_dict(),
             "slope_cond": s_cond.as_dict(),
-            "slope_lambda_max": _r(s_max.slope),
+            "slope_lambda_max": rounded(s_max.slope),
         },
         {
             "value": "slopes < 0, slope(λ_min) > slope(λ_max)",
@@ -357,7 +205,7 @@ def _gap_check(rows: Sequence[dict], tag: str) -> tuple[str, dict]:
     gap = float(np.mean(gaps))
     se = math.sqrt(max(float(np.mean(dis)), 1.0 / m) / (m * len(gaps)))
     verdict = AGREES if abs(gap) <= Z * se else DISAGREES
-    return verdict, {"width": w, "gap": _r(gap), "se": _r(se), "n_seeds": len(gaps)}
+    return verdict, {"width": w, "gap": rounded(gap), "se": rounded(se), "n_seeds": len(gaps)}
 
 
 def check_c4(rows, model, param) -> Claim:
@@ -366,16 +214,16 @@ def check_c4(rows, model, param) -> Claim:
     gap_v, gap = _gap_check(rows, tag)
     s_lin = width_slope(rows, "lin_pred_rel_diff")
     parts = [
-        _part(
+        part(
             "ridge-0 prediction difference falls", falls(s), "slope interval below 0", **s.as_dict()
         ),
-        _part(
+        part(
             "accuracy gap at the widest width is within noise",
             gap_v,
             f"|gap| ≤ {Z:g}·se (paired binomial se)",
             **gap,
         ),
-        _part(
+        part(
             "linearised-network predictions f0 + Θ*Θ⁻¹(Y − f0) agree more with width",
             falls(s_lin),
             "slope interval below 0",
@@ -387,10 +235,10 @@ def check_c4(rows, model, param) -> Claim:
         model,
         "ridgeless kernel-regression predictions with the pNTK approach those with the eNTK",
         {
-            "value": _r(s.slope),
+            "value": rounded(s.slope),
             **s.as_dict(),
             "accuracy_gap_at_widest": gap.get("gap"),
-            "slope_linearized": _r(s_lin.slope),
+            "slope_linearized": rounded(s_lin.slope),
         },
         {
             "value": "slope < 0 and accuracy gap → 0",
@@ -404,6 +252,18 @@ def check_c4(rows, model, param) -> Claim:
     )
 
 
+def _differs(d: float, se: float) -> str:
+    """C5, one ridge: its slope minus ridge 0's is ``d ± Z·se``; outside ``±Z·se`` of 0 it
+    differs (agrees); within the C1 tolerance of 0 it is the same (does not agree)."""
+    if not (math.isfinite(d) and math.isfinite(se)):
+        return INCONCLUSIVE
+    if abs(d) > Z * se:
+        return AGREES  # the ridge changes how the agreement scales with width
+    if abs(d) + Z * se < SAME_SLOPE:
+        return DISAGREES  # the same scaling as without ridge, within the C1 tolerance
+    return INCONCLUSIVE
+
+
 def check_c5(rows, model, param) -> Claim:
     ridges = [r for r in ridges_of(rows) if r > 0]
     s0 = width_slope(rows, "kr_pred_rel_diff@ridge=0")
@@ -413,34 +273,25 @@ def check_c5(rows, model, param) -> Claim:
         s = width_slope(rows, "kr_pred_rel_diff" + tag)
         gap_v, gap = _gap_check(rows, tag)
         d, se = s.slope - s0.slope, math.hypot(s.se, s0.se)
-        if not (math.isfinite(d) and math.isfinite(se)):
-            v = INCONCLUSIVE
-        elif abs(d) > Z * se:
-            v = AGREES  # the ridge changes how the agreement scales with width
-        elif abs(d) + Z * se < SAME_SLOPE:
-            v = DISAGREES  # the same scaling as without ridge, within the C1 tolerance
-        else:
-            v = INCONCLUSIVE
+        v = _differs(d, se)
         verdicts.append(v)
         parts.append(
-            _part(
+            part(
                 f"ridge {ridge:g}",
                 v,
                 "slope differs from ridge 0's",
                 ridge=ridge,
-                slope=_r(s.slope),
-                se=_r(s.se),
-                slope_minus_ridge0=_r(d),
-                se_difference=_r(se),
+                slope=rounded(s.slope),
+                se=rounded(s.se),
+                slope_minus_ridge0=rounded(d),
+                se_difference=rounded(se),
                 accuracy_gap=gap.get("gap"),
                 accuracy_gap_within_noise=gap_v,
             )
         )
-    if not verdicts:
-        verdict = INCONCLUSIVE
-    elif AGREES in verdicts:
+    if AGREES in verdicts:
         verdict = AGREES
-    elif all(v == DISAGREES for v in verdicts):
+    elif verdicts and all(v == DISAGREES for v in verdicts):
         verdict = DISAGREES
     else:
         verdict = INCONCLUSIVE
@@ -448,7 +299,7 @@ def check_c5(rows, model, param) -> Claim:
         "C5",
         model,
         "with a ridge the pNTK/eNTK agreement does not hold in the same way",
-        {"value": [p["slope"] for p in parts], "ridges": ridges, "slope_ridge0": _r(s0.slope)},
+        {"value": [p["slope"] for p in parts], "ridges": ridges, "slope_ridge0": rounded(s0.slope)},
         {
             "value": "slope at some ridge > 0 differs from the ridge-0 slope",
             "source": "paper (the convergence argument is ridgeless only)",
@@ -462,10 +313,10 @@ def check_c5(rows, model, param) -> Claim:
     )
 
 
-def check_c6(rows, model, param) -> Claim:
-    """From the training runs: the error at each checkpoint over the error at init."""
+def _ratios_to_init(rows) -> dict:
+    """``{width: {epoch: [error / error at init, one per seed]}}`` of training runs."""
     runs: dict = defaultdict(dict)
-    for r in _select(rows, model, param, epoch=None):
+    for r in rows:
         if r.get("relative_frobenius_error") is not None:
             runs[(r["width"], r.get("seed"))][r["epoch"]] = r["relative_frobenius_error"]
     ratios: dict = defaultdict(lambda: defaultdict(list))
@@ -473,34 +324,41 @@ def check_c6(rows, model, param) -> Claim:
         if 0 in by_epoch:
             for e, v in by_epoch.items():
                 ratios[w][e].append(v / by_epoch[0])
+    return ratios
+
+
+def _grows(width, ratios: dict, mu: float, se: float) -> dict:
+    """C6 at one width: the last checkpoint's error ratio ``mu ± Z·se`` is above 1."""
+    last = max(ratios)
+    return part(
+        f"width {width}: grows from init to epoch {last}",
+        within(mu - Z * se, mu + Z * se, (1.0, math.inf)),
+        "ratio interval above 1",
+        ratio=rounded(mu),
+        se=rounded(se),
+        n_seeds=len(ratios[last]),
+    )
+
+
+def check_c6(rows, model, param) -> Claim:
+    """From the training runs: the error at each checkpoint over the error at init."""
+    ratios = _ratios_to_init(select(rows, model, param, epoch=None))
     widths = sorted(ratios)
-    per_width, parts = {}, []
-    finals = {}
-    for w in widths:
-        last = max(ratios[w])
-        per_width[str(w)] = {str(e): _r(float(np.mean(v))) for e, v in sorted(ratios[w].items())}
-        mu, se = mean_se(ratios[w][last])
-        finals[w] = (mu, se, last)
-        parts.append(
-            _part(
-                f"width {w}: grows from init to epoch {last}",
-                within(mu - Z * se, mu + Z * se, (1.0, math.inf)),
-                "ratio interval above 1",
-                ratio=_r(mu),
-                se=_r(se),
-                n_seeds=len(ratios[w][last]),
-            )
-        )
+    per_width = {
+        str(w): {str(e): rounded(np.mean(v)) for e, v in sorted(ratios[w].items())} for w in widths
+    }
+    finals = {w: mean_se(ratios[w][max(ratios[w])]) for w in widths}
+    parts = [_grows(w, ratios[w], *finals[w]) for w in widths]
     if len(widths) >= 2:
-        (a, sa, _), (b, sb, _) = finals[widths[0]], finals[widths[-1]]
+        (a, sa), (b, sb) = finals[widths[0]], finals[widths[-1]]
         d, se = a - b, math.hypot(sa, sb)
         parts.append(
-            _part(
+            part(
                 f"the growth is smaller at width {widths[-1]} than at {widths[0]}",
                 within(d - Z * se, d + Z * se, (0.0, math.inf)),
                 "ratio(narrow) − ratio(wide) > 0 with its interval",
-                difference=_r(d),
-                se=_r(se),
+                difference=rounded(d),
+                se=rounded(se),
             )
         )
     grow = [p["verdict"] for p in parts if p["check"].startswith("width")]
@@ -514,7 +372,7 @@ def check_c6(rows, model, param) -> Claim:
         "C6",
         model,
         "during training the approximation may degrade (error at each checkpoint vs init)",
-        {"value": {str(w): _r(finals[w][0]) for w in widths}, "ratio_to_init": per_width},
+        {"value": {str(w): rounded(finals[w][0]) for w in widths}, "ratio_to_init": per_width},
         {
             "value": "ratio > 1 at some width, less at the largest width",
             "source": "paper ('may degrade'); NTK theory: wider networks move less (lazy)",
@@ -535,69 +393,78 @@ def _cost_groups(rows) -> dict:
     return groups
 
 
+def _cost_table(depth, width, by_o: dict) -> tuple[list[dict], list, list]:
+    """Per O: median times and the eNTK/pNTK time and memory ratios; and the ``(seed, O,
+    ratio)`` points of time and memory."""
+    table, t_pts, m_pts = [], [], []
+    for o, rs in sorted(by_o.items()):
+        tr = [r["time_entk_s"] / r["time_pntk_s"] for r in rs]
+        mr = [
+            r["kernel_bytes_entk"] / r["kernel_bytes_pntk"]
+            for r in rs
+            if r.get("kernel_bytes_entk") and r.get("kernel_bytes_pntk")
+        ]
+        t_pts += [(r.get("seed"), o, v) for r, v in zip(rs, tr, strict=True)]
+        m_pts += [(None, o, v) for v in mr]
+        table.append(
+            {
+                "depth": depth,
+                "width": width,
+                "O": o,
+                "time_entk_s": rounded(np.median([r["time_entk_s"] for r in rs])),
+                "time_pntk_s": rounded(np.median([r["time_pntk_s"] for r in rs])),
+                "time_ratio": rounded(np.median(tr)),
+                "memory_ratio": rounded(np.median(mr)) if mr else None,
+                "expected_ratio": [o, o * o],
+            }
+        )
+    return table, t_pts, m_pts
+
+
+def _exponent_parts(depth, t_pts, m_pts) -> list[dict]:
+    """C7 at one depth: the time and memory ratios grow like O^a with a in the band."""
+    st, sm = fit_slope(t_pts), fit_slope(m_pts)
+    m_se = sm.se if math.isfinite(sm.se) else 0.0
+    return [
+        part(
+            f"depth {depth}: time ratio grows like O^a, a in [1, 2]",
+            slope_in_band(st, C7_EXPONENT),
+            "exponent interval in the band",
+            **st.as_dict(),
+        ),
+        part(
+            f"depth {depth}: memory ratio grows like O^a, a in [1, 2]",
+            within(sm.slope - Z * m_se, sm.slope + Z * m_se, C7_EXPONENT),
+            "exponent in the band (compiled sizes are exact: no spread unless from the fit)",
+            **sm.as_dict(),
+        ),
+    ]
+
+
+def _paper_part(depth, rs) -> dict:
+    """C7 for a ResNet at the paper's O: the time ratio's range against ~10³."""
+    tr = [r["time_entk_s"] / r["time_pntk_s"] for r in rs]
+    return part(
+        f"depth {depth}: time ratio at O = {C7_PAPER_O} vs the paper's ~{C7_PAPER_RATIO:g}",
+        within(math.log10(min(tr)), math.log10(max(tr)), C7_PAPER_LOG10_BAND),
+        "log10(ratio) over repeats/seeds inside [2.5, 3.5]",
+        ratio_min=rounded(min(tr)),
+        ratio_max=rounded(max(tr)),
+    )
+
+
 def check_c7(rows, model, param) -> Claim:
     """From the cost runs: eNTK/pNTK warm time and compiled-memory ratios as O grows."""
     parts, table = [], []
-    for (depth, width), by_o in sorted(
-        _cost_groups(_select(rows, model, param)).items(),
-        key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0),
-    ):
-        t_pts, m_pts = [], []
-        for o, rs in sorted(by_o.items()):
-            tr = [r["time_entk_s"] / r["time_pntk_s"] for r in rs]
-            mr = [
-                r["kernel_bytes_entk"] / r["kernel_bytes_pntk"]
-                for r in rs
-                if r.get("kernel_bytes_entk") and r.get("kernel_bytes_pntk")
-            ]
-            t_pts += [(r.get("seed"), o, v) for r, v in zip(rs, tr, strict=True)]
-            m_pts += [(None, o, v) for v in mr]
-            table.append(
-                {
-                    "depth": depth,
-                    "width": width,
-                    "O": o,
-                    "time_entk_s": _r(np.median([r["time_entk_s"] for r in rs])),
-                    "time_pntk_s": _r(np.median([r["time_pntk_s"] for r in rs])),
-                    "time_ratio": _r(float(np.median(tr))),
-                    "memory_ratio": _r(float(np.median(mr))) if mr else None,
-                    "expected_ratio": [o, o * o],
-                }
-            )
-        st, sm = fit_slope(t_pts), fit_slope(m_pts)
+    groups = _cost_groups(select(rows, model, param))
+    for depth, width in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):
+        by_o = groups[depth, width]
+        rows_o, t_pts, m_pts = _cost_table(depth, width, by_o)
+        table += rows_o
         if len(by_o) >= 2:
-            parts.append(
-                _part(
-                    f"depth {depth}: time ratio grows like O^a, a in [1, 2]",
-                    slope_in_band(st, C7_EXPONENT),
-                    "exponent interval in the band",
-                    **st.as_dict(),
-                )
-            )
-            m_lo, m_hi = sm.slope - Z * (sm.se if math.isfinite(sm.se) else 0.0), None
-            m_hi = sm.slope + Z * (sm.se if math.isfinite(sm.se) else 0.0)
-            parts.append(
-                _part(
-                    f"depth {depth}: memory ratio grows like O^a, a in [1, 2]",
-                    within(m_lo, m_hi, C7_EXPONENT),
-                    "exponent in the band "
-                    "(compiled sizes are exact: no spread unless from the fit)",
-                    **sm.as_dict(),
-                )
-            )
+            parts += _exponent_parts(depth, t_pts, m_pts)
         if model.startswith("resnet") and C7_PAPER_O in by_o:
-            tr = [r["time_entk_s"] / r["time_pntk_s"] for r in by_o[C7_PAPER_O]]
-            lo, hi = math.log10(min(tr)), math.log10(max(tr))
-            parts.append(
-                _part(
-                    f"depth {depth}: time ratio at O = {C7_PAPER_O} vs the paper's "
-                    f"~{C7_PAPER_RATIO:g}",
-                    within(lo, hi, C7_PAPER_LOG10_BAND),
-                    "log10(ratio) over repeats/seeds inside [2.5, 3.5]",
-                    ratio_min=_r(min(tr)),
-                    ratio_max=_r(max(tr)),
-                )
-            )
+            parts.append(_paper_part(depth, by_o[C7_PAPER_O]))
     largest = max(table, key=lambda t: (t["O"], t["depth"] or 0), default=None)
     return Claim(
         "C7",
@@ -627,12 +494,12 @@ def claim_checks(
     out = []
     models = arms([*width_rows, *training_rows, *cost_rows])
     for model, param in models:
-        init = _select(width_rows, model, param)
+        init = select(width_rows, model, param)
         if init:
             out += [check(init, model, param) for check in WIDTH_CLAIMS]
-        if _select(training_rows, model, param, epoch=None):
+        if select(training_rows, model, param, epoch=None):
             out.append(check_c6(training_rows, model, param))
-        if _select(cost_rows, model, param):
+        if select(cost_rows, model, param):
             out.append(check_c7(cost_rows, model, param))
     return sorted(out, key=lambda c: (c.parameterization != "ntk", c.id, _model_order(c.model)))
 

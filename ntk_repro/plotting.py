@@ -2,7 +2,7 @@
 checkpoint, as in ``results/summary.json``) and writes one PNG, returning its path.
 
 One message per figure; error bars are the standard deviation over seeds; slopes come from
-:func:`ntk_repro.claims.fit_slope` (the same fit the claim checks use). A series with no
+:func:`ntk_repro.verdicts.fit_slope` (the same fit the claim checks use). A series with no
 points raises ``ValueError``: a figure never silently drops data.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_repro.claims import fit_slope, ridges_of
+from ntk_repro.verdicts import cond_error, fit_slope, ridges_of
 
 MODEL_LABELS = {"mlp": "MLP", "cnn": "CNN", "resnet18": "ResNet"}
 PARAM_LABELS = {"ntk": "NTK param.", "standard": "standard param."}
@@ -161,11 +161,6 @@ def frobenius_vs_width(rows, path) -> str:
     return _save(fig, path)
 
 
-def _cond_error(r):
-    ce, cp = r.get("cond_entk"), r.get("cond_pntk")
-    return abs(cp / ce - 1.0) if ce and cp is not None else None
-
-
 def eigen_vs_width(rows, path) -> str:
     """C2/C3: relative errors of λ_max, λ_min and the condition number vs width."""
     plt = _plt()
@@ -173,7 +168,7 @@ def eigen_vs_width(rows, path) -> str:
     panels = (
         ("lambda_max_rel_error", r"$|\Delta\lambda_{max}| / \lambda_{max}(\Theta)$", "C2: λ_max"),
         ("lambda_min_rel_error", r"$|\Delta\lambda_{min}| / \lambda_{min}(\Theta)$", "C3: λ_min"),
-        (_cond_error, r"$|\kappa_{pNTK} / \kappa_{eNTK} - 1|$", "C3: condition number"),
+        (cond_error, r"$|\kappa_{pNTK} / \kappa_{eNTK} - 1|$", "C3: condition number"),
     )
     for ax, (key, ylabel, title) in zip(axes, panels, strict=True):
         for arm, (ws, mu, sd, pts) in by_arm(rows, key).items():
