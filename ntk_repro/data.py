@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 from collections.abc import Callable, Sequence
@@ -345,38 +346,54 @@ def load_dataset(
         if "unexpected keyword argument" in str(e):
             raise ValueError(f"dataset {name!r}: unknown option ({e})") from e
         raise
-    x_tr, y_tr, x_te, y_te = raw.x_train, raw.y_train, raw.x_test, raw.y_test
-    num_classes = raw.num_classes
     if classes is not None:
-        classes = [int(c) for c in classes]
-        if len(classes) == 0 or len(set(classes)) != len(classes):
-            raise ValueError(f"classes: must be distinct class ids, got {classes}")
-        if min(classes) < 0 or max(classes) >= num_classes:
-            raise ValueError(f"classes: must lie in [0, {num_classes}), got {classes}")
-        keep_tr, y_tr = _subset_classes(y_tr, classes, num_classes)
-        keep_te, y_te = _subset_classes(y_te, classes, num_classes)
-        x_tr, x_te = x_tr[keep_tr], x_te[keep_te]
-        num_classes = len(classes)
-    rng = np.random.default_rng(seed)
-    idx_tr = _take(n_train, len(y_tr), "n_train", rng)
-    idx_te = _take(n_test, len(y_te), "n_test", rng)
-    x_tr, y_tr, x_te, y_te = x_tr[idx_tr], y_tr[idx_tr], x_te[idx_te], y_te[idx_te]
+        raw = _keep_classes(raw, [int(c) for c in classes])
+    raw = _subsample(raw, n_train, n_test, np.random.default_rng(seed))
+    x_tr, x_te = raw.x_train, raw.x_test
     sample_shape = tuple(int(d) for d in x_tr.shape[1:])
     if normalize:
-        axes = tuple(range(x_tr.ndim - 1))
-        mean_C = x_tr.mean(axis=axes, dtype=np.float64)
-        std_C = np.maximum(x_tr.std(axis=axes, dtype=np.float64), 1e-6)
-        x_tr = (x_tr - mean_C) / std_C
-        x_te = (x_te - mean_C) / std_C
+        x_tr, x_te = _standardise(x_tr, x_te)
     x_tr = np.ascontiguousarray(x_tr, np.float32)
     x_te = np.ascontiguousarray(x_te, np.float32)
     if flatten:
         x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
-    y_tr, y_te = y_tr.astype(np.int32), y_te.astype(np.int32)
+    y_tr, y_te = raw.y_train.astype(np.int32), raw.y_test.astype(np.int32)
     if one_hot:
-        eye = np.eye(num_classes, dtype=np.float32)
+        eye = np.eye(raw.num_classes, dtype=np.float32)
         y_tr, y_te = eye[y_tr], eye[y_te]
-    return Dataset(name, x_tr, y_tr, x_te, y_te, int(num_classes), sample_shape)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, int(raw.num_classes), sample_shape)
+
+
+def _keep_classes(raw: RawData, classes: list[int]) -> RawData:
+    """Only the rows of ``classes``, relabelled ``classes[i] -> i``."""
+    if len(classes) == 0 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes: must be distinct class ids, got {classes}")
+    if min(classes) < 0 or max(classes) >= raw.num_classes:
+        raise ValueError(f"classes: must lie in [0, {raw.num_classes}), got {classes}")
+    keep_tr, y_tr = _subset_classes(raw.y_train, classes, raw.num_classes)
+    keep_te, y_te = _subset_classes(raw.y_test, classes, raw.num_classes)
+    return RawData(raw.x_train[keep_tr], y_tr, raw.x_test[keep_te], y_te, len(classes))
+
+
+def _subsample(raw: RawData, n_train, n_test, rng: np.random.Generator) -> RawData:
+    """Random subsets of ``n_train`` / ``n_test`` rows (all rows for None), in order."""
+    idx_tr = _take(n_train, len(raw.y_train), "n_train", rng)
+    idx_te = _take(n_test, len(raw.y_test), "n_test", rng)
+    return dataclasses.replace(
+        raw,
+        x_train=raw.x_train[idx_tr],
+        y_train=raw.y_train[idx_tr],
+        x_test=raw.x_test[idx_te],
+        y_test=raw.y_test[idx_te],
+    )
+
+
+def _standardise(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets standardised per channel (last axis) with the training mean and std."""
+    axes = tuple(range(x_tr.ndim - 1))
+    mean_C = x_tr.mean(axis=axes, dtype=np.float64)
+    std_C = np.maximum(x_tr.std(axis=axes, dtype=np.float64), 1e-6)
+    return (x_tr - mean_C) / std_C, (x_te - mean_C) / std_C
 
 
 def reshape_for(ds: Dataset, kind: str, *, model: str = "model") -> Dataset:
