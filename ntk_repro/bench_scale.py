@@ -93,58 +93,11 @@ def _spot_check(k, apply_fn, params, x, kind, n) -> float:
 
 def run_workers_row(name: str, work_dir: str | os.PathLike, keep: bool = False) -> list[dict]:
     """One worker-scaling row: the store computed with each worker count in turn."""
-    import functools
-
-    import submitit
-
-    from ntk.store import done_blocks, open_kernel
-    from ntk.workers import distribute_kernel
-
     row = WORKER_ROWS[name]
-    n, block_size, kind = row["n"], row["block_size"], row["kind"]
     results = []
     for n_workers in row["workers"]:
         path = Path(work_dir) / f"{name}_w{n_workers}"
-        if path.exists():
-            shutil.rmtree(path)
-        t0 = time.perf_counter()
-        distribute_kernel(
-            functools.partial(bench_problem, n),
-            path=path,
-            n_workers=n_workers,
-            kind=kind,
-            block_size=block_size,
-            cpus_per_worker=1,
-            progress=sys.stderr.isatty(),
-            executor=submitit.LocalExecutor(folder=Path(work_dir) / f"{name}_jobs"),
-        )
-        seconds = time.perf_counter() - t0
-        blocks = done_blocks(path)
-        block_s = [
-            json.loads((path / "done" / f"{i}.{j}").read_text())["seconds"] for i, j in blocks
-        ]
-        k = open_kernel(path)
-        apply_fn, params, x, _ = bench_problem(n)
-        results.append(
-            {
-                "row": name,
-                "kind": kind,
-                "n": n,
-                "block_size": block_size,
-                "n_workers": n_workers,
-                "cores_per_worker": 1,
-                "implementation": k.meta["info"]["resolved_implementation"],
-                "blocks": len(blocks),
-                "seconds": seconds,
-                "block_seconds_median": float(np.median(block_s)),
-                "block_seconds_sum": float(np.sum(block_s)),
-                "entries_per_s": n * n / seconds,
-                "bytes_on_disk": sum(
-                    f.stat().st_size for f in (path / "kernel.zarr").iterdir() if f.is_file()
-                ),
-                "spot_check_max_rel_err": _spot_check(k, apply_fn, params, x, kind, n),
-            }
-        )
+        results.append(_workers_run(name, row, n_workers, path, Path(work_dir) / f"{name}_jobs"))
         print(json.dumps(results[-1]), flush=True)
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
@@ -153,6 +106,53 @@ def run_workers_row(name: str, work_dir: str | os.PathLike, keep: bool = False) 
     for r in results:
         r["speedup"] = base / r["seconds"]
     return results
+
+
+def _workers_run(name: str, row: dict, n_workers: int, path: Path, jobs: Path) -> dict:
+    """The row's store computed by ``n_workers`` local submitit jobs, timed and checked."""
+    import functools
+
+    import submitit
+
+    from ntk.store import done_blocks, open_kernel
+    from ntk.workers import distribute_kernel
+
+    n, block_size, kind = row["n"], row["block_size"], row["kind"]
+    if path.exists():
+        shutil.rmtree(path)
+    t0 = time.perf_counter()
+    distribute_kernel(
+        functools.partial(bench_problem, n),
+        path=path,
+        n_workers=n_workers,
+        kind=kind,
+        block_size=block_size,
+        cpus_per_worker=1,
+        progress=sys.stderr.isatty(),
+        executor=submitit.LocalExecutor(folder=jobs),
+    )
+    seconds = time.perf_counter() - t0
+    blocks = done_blocks(path)
+    block_s = [json.loads((path / "done" / f"{i}.{j}").read_text())["seconds"] for i, j in blocks]
+    k = open_kernel(path)
+    apply_fn, params, x, _ = bench_problem(n)
+    chunks = (path / "kernel.zarr").iterdir()
+    return {
+        "row": name,
+        "kind": kind,
+        "n": n,
+        "block_size": block_size,
+        "n_workers": n_workers,
+        "cores_per_worker": 1,
+        "implementation": k.meta["info"]["resolved_implementation"],
+        "blocks": len(blocks),
+        "seconds": seconds,
+        "block_seconds_median": float(np.median(block_s)),
+        "block_seconds_sum": float(np.sum(block_s)),
+        "entries_per_s": n * n / seconds,
+        "bytes_on_disk": sum(f.stat().st_size for f in chunks if f.is_file()),
+        "spot_check_max_rel_err": _spot_check(k, apply_fn, params, x, kind, n),
+    }
 
 
 def run_in_memory_row(name: str) -> dict:
@@ -194,7 +194,6 @@ def run_row(name: str, work_dir: str | os.PathLike, block_size: int | None = Non
     """Streams one row's kernel in this process and measures it (call it in a subprocess)."""
     import jax
 
-    from ntk.kernels.api import kernel
     from ntk.stream import stream_kernel
 
     row = ROWS[name]
@@ -218,15 +217,9 @@ def run_row(name: str, work_dir: str | os.PathLike, block_size: int | None = Non
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open(out_dir / "meta.json") as f:
         meta = json.load(f)
-    # Spot check: 64 random rows x 64 random columns against the in-memory kernel.
-    rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(row["n"], 64, replace=False))
-    cols = np.sort(rng.choice(row["n"], 64, replace=False))
     k = np.load(path, mmap_mode="r")
-    got = np.asarray(k[rows][:, cols])
+    err = _spot_check(k, apply_fn, params, x, row["kind"], row["n"])
     del k
-    want = np.asarray(kernel(apply_fn, params, x[rows], x[cols], kind=row["kind"]))
-    err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
     st = os.stat(path)
     n_params = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(params)))
     return {
@@ -288,23 +281,33 @@ def run_scale_bench(
             except Exception as e:  # a failed row is reported, the others still run
                 scaling.append({"row": name, "error": f"{type(e).__name__}: {e}"[-2000:]})
             continue
-        cmd = [sys.executable, "-m", "ntk_repro.bench_scale", "--child", name, "--work", str(work)]
-        if block_size is not None:
-            cmd += ["--block-size", str(block_size)]
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
-            if proc.returncode == 0:
-                res = json.loads(proc.stdout.strip().splitlines()[-1])
-            else:
-                res = {"row": name, "error": proc.stderr.strip()[-2000:]}
-        except subprocess.TimeoutExpired:
-            res = {"row": name, "error": f"timed out after {timeout_s} s"}
+        res = _run_child(name, work, block_size, timeout_s)
         if not keep:
             shutil.rmtree(work / name, ignore_errors=True)
         print(json.dumps(res), flush=True)
         (scaling if name in IN_MEMORY_ROWS else results).append(res)
+    _write_results(out_dir, results, scaling)
+    if not keep and work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _run_child(name: str, work: Path, block_size: int | None, timeout_s: float) -> dict:
+    """One row in a fresh subprocess (its own peak memory); a failure becomes an error row."""
+    cmd = [sys.executable, "-m", "ntk_repro.bench_scale", "--child", name, "--work", str(work)]
+    if block_size is not None:
+        cmd += ["--block-size", str(block_size)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"row": name, "error": f"timed out after {timeout_s} s"}
+    if proc.returncode != 0:
+        return {"row": name, "error": proc.stderr.strip()[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _write_results(out_dir: Path, results: list[dict], scaling: list[dict]) -> None:
+    """``bench_scale.json`` (rows, scaling rows and the machine) and ``bench_scale.md``."""
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": sys.version}
     atomic.write_json(
         out_dir / "bench_scale.json", {"info": info, "rows": results, "scaling": scaling}
@@ -313,9 +316,6 @@ def run_scale_bench(
     if scaling:
         md += ("\n" if md else "") + scaling_table(scaling)
     atomic.write_text(out_dir / "bench_scale.md", md)
-    if not keep and work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
-    return results
 
 
 def markdown_table(results: list[dict]) -> str:

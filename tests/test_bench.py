@@ -78,3 +78,20 @@ def test_plots_draw_every_computed_series(tmp_path):
     for path in files:
         img = matplotlib.image.imread(path)
         assert img.shape[0] > 100 and img.std() > 0  # a drawn figure, not a blank canvas
+
+
+@pytest.mark.slow
+def test_scale_bench_worker_row_writes_its_tables(tmp_path, monkeypatch):
+    row = dict(kind="pntk", n=80, block_size=40, workers=(1, 2))
+    monkeypatch.setitem(bench_scale.WORKER_ROWS, "tiny_workers", row)
+    monkeypatch.setattr(bench_scale, "ALL_ROWS", (*bench_scale.ALL_ROWS, "tiny_workers"))
+    bench_scale.run_scale_bench(tmp_path, ("tiny_workers",))
+    import json
+
+    scaling = json.loads((tmp_path / "bench_scale.json").read_text())["scaling"]
+    assert [r["n_workers"] for r in scaling] == [1, 2]
+    assert all(r["blocks"] == 3 and r["spot_check_max_rel_err"] < 1e-10 for r in scaling)
+    assert scaling[0]["speedup"] == 1.0
+    md = (tmp_path / "bench_scale.md").read_text()
+    assert "| tiny_workers | 80 | 1 × 1 | 3 |" in md and "| tiny_workers | 80 | 2 × 1 | 3 |" in md
+    assert not (tmp_path / "kernels").exists()  # the work directory is removed
