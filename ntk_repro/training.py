@@ -273,19 +273,19 @@ def _setup(cfg: dict, out: Path, callbacks, on_epoch) -> _Run:
     )
 
 
+def _checkpoint_items(run: _Run) -> dict:
+    """What a checkpoint holds besides its meta (and, on restore, the structure to fill)."""
+    state = run.state
+    return dict(
+        params=state.params, batch_stats=state.batch_stats, opt_state=state.opt_state, key=run.key
+    )
+
+
 def _resume(run: _Run) -> int:
     """Restores the last checkpoint into ``run`` and keeps the metric records up to it;
     returns its epoch."""
     epoch = ckpt.checkpoint_epochs_saved(run.out)[-1]
-    state = run.state
-    restored = ckpt.restore_checkpoint(
-        run.manager,
-        epoch,
-        params=state.params,
-        batch_stats=state.batch_stats,
-        opt_state=state.opt_state,
-        key=run.key,
-    )
+    restored = ckpt.restore_checkpoint(run.manager, epoch, **_checkpoint_items(run))
     run.state = TrainState(restored["params"], restored["batch_stats"], restored["opt_state"])
     run.key = restored["key"]
     run.step = int(restored["meta"]["step"])
@@ -315,10 +315,10 @@ def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
     ckpt.write_metrics(run.out, run.records)
     if run.on_epoch is not None:
         run.on_epoch(dict(record))
+    keys = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
     log.info(
         "epoch %d step %d: train_loss %.4f train_acc %.4f test_loss %.4f test_acc %.4f",
-        *(record[k] for k in ("epoch", "step", "train_loss", "train_acc", "test_loss")),
-        record["test_acc"],
+        *(record[k] for k in keys),
     )
     return record
 
@@ -329,15 +329,7 @@ def _save_and_call_back(run: _Run, epoch: int, record: dict) -> None:
     state = run.state
     meta = {"step": run.step, "num_classes": run.ds.num_classes}
     meta["input_shape"] = list(run.ds.input_shape)
-    ckpt.save_checkpoint(
-        run.manager,
-        epoch,
-        params=state.params,
-        batch_stats=state.batch_stats,
-        opt_state=state.opt_state,
-        key=run.key,
-        meta=meta,
-    )
+    ckpt.save_checkpoint(run.manager, epoch, **_checkpoint_items(run), meta=meta)
     if not run.callbacks:
         return
     apply_fn, params = kernel_apply_fn(run.model, model_variables(state, state.params))
