@@ -51,10 +51,11 @@ RUN := $(PY) experiments/train.py -m
 # the cost runs, which time kernels, run one at a time with nothing beside them.
 JOBS ?= 2
 PAR := $(RUN) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
-MLP_WIDTHS := 64,256,1024,2048
-CNN_WIDTHS := 16,32,64,128
-RESNET_WIDTHS := 8,16,32
-# Width sweeps: quality metrics only (warm timing is the cost presets' job).
+MLP_WIDTHS := 2048,1024,256,64
+CNN_WIDTHS := 128,64,32,16
+RESNET_WIDTHS := 32,16,8
+# Width sweeps: quality metrics only (warm timing is the cost presets' job). Widest first, so
+# the longest jobs start first and the two job slots finish together.
 WIDTH := experiment=width_init logger=wandb kernel.timing_repeats=0 seed=0,1
 # ResNet-18 in the paper's regime on the CPU: BatchNorm (frozen in eval mode for kernels),
 # digits upsampled to 16x16, readout width 8·width; N = 20 kernel points (eNTK 200 x 200).
@@ -78,15 +79,15 @@ fig-width: $(STAMP) ## (a) C1-C5 at init across widths: MLP and CNN in both para
 	$(PAR) $(WIDTH) $(RESNET) model.width=$(RESNET_WIDTHS)
 
 fig-training: $(STAMP) ## (b) C6: the approximation over training, at checkpoints
-	$(PAR) experiment=training logger=wandb model=mlp model.width=128,1024 seed=0,1 \
+	$(PAR) experiment=training logger=wandb model=mlp model.width=1024,128 seed=0,1 \
 	    kernel.timing_repeats=0
-	$(PAR) experiment=training logger=wandb model=cnn model.width=16,64 seed=0,1 \
+	$(PAR) experiment=training logger=wandb model=cnn model.width=64,16 seed=0,1 \
 	    trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] kernel.timing_repeats=0
-	$(PAR) experiment=training logger=wandb $(RESNET) kernel.layer_shares=false model.width=8,32 seed=0,1 \
+	$(PAR) experiment=training logger=wandb $(RESNET) kernel.layer_shares=false model.width=16,8 seed=0,1 \
 	    trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] kernel.timing_repeats=0
 
 fig-linearized: $(STAMP) ## (f) the MSE-trained network against its linearisation (eNTK, pNTK)
-	$(PAR) experiment=linearized logger=wandb model=mlp model.width=128,512,2048 seed=0,1 \
+	$(PAR) experiment=linearized logger=wandb model=mlp model.width=2048,512,128 seed=0,1 \
 	    kernel.timing_repeats=0
 
 fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I with more points (N = 300)
