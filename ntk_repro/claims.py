@@ -386,14 +386,17 @@ def check_c6(rows, model, param) -> Claim:
 
 
 def _cost_groups(rows) -> dict:
+    """Timed rows by ``(depth, width, N)`` (N: the points timed, ``n_cost``), then by O: a
+    group's rows differ only in O and seed, so runs at another N are never pooled."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("time_entk_s") and r.get("time_pntk_s") and r.get("num_outputs"):
-            groups[(r.get("depth"), r.get("width"))][int(r["num_outputs"])].append(r)
+            key = (r.get("depth"), r.get("width"), r.get("n_cost"))
+            groups[key][int(r["num_outputs"])].append(r)
     return groups
 
 
-def _cost_table(depth, width, by_o: dict) -> tuple[list[dict], list, list]:
+def _cost_table(depth, width, n, by_o: dict) -> tuple[list[dict], list, list]:
     """Per O: median times and the eNTK/pNTK time and memory ratios; and the ``(seed, O,
     ratio)`` points of time and memory."""
     table, t_pts, m_pts = [], [], []
@@ -410,6 +413,7 @@ def _cost_table(depth, width, by_o: dict) -> tuple[list[dict], list, list]:
             {
                 "depth": depth,
                 "width": width,
+                "N": n,
                 "O": o,
                 "time_entk_s": rounded(np.median([r["time_entk_s"] for r in rs])),
                 "time_pntk_s": rounded(np.median([r["time_pntk_s"] for r in rs])),
@@ -421,19 +425,20 @@ def _cost_table(depth, width, by_o: dict) -> tuple[list[dict], list, list]:
     return table, t_pts, m_pts
 
 
-def _exponent_parts(depth, t_pts, m_pts) -> list[dict]:
-    """C7 at one depth: the time and memory ratios grow like O^a with a in the band."""
+def _exponent_parts(where, t_pts, m_pts) -> list[dict]:
+    """C7 at one depth, width and N (``where``): the time and memory ratios grow like O^a
+    with a in the band."""
     st, sm = fit_slope(t_pts), fit_slope(m_pts)
     m_se = sm.se if math.isfinite(sm.se) else 0.0
     return [
         part(
-            f"depth {depth}: time ratio grows like O^a, a in [1, 2]",
+            f"{where}: time ratio grows like O^a, a in [1, 2]",
             slope_in_band(st, C7_EXPONENT),
             "exponent interval in the band",
             **st.as_dict(),
         ),
         part(
-            f"depth {depth}: memory ratio grows like O^a, a in [1, 2]",
+            f"{where}: memory ratio grows like O^a, a in [1, 2]",
             within(sm.slope - Z * m_se, sm.slope + Z * m_se, C7_EXPONENT),
             "exponent in the band (compiled sizes are exact: no spread unless from the fit)",
             **sm.as_dict(),
@@ -441,11 +446,11 @@ def _exponent_parts(depth, t_pts, m_pts) -> list[dict]:
     ]
 
 
-def _paper_part(depth, rs) -> dict:
+def _paper_part(where, rs) -> dict:
     """C7 for a ResNet at the paper's O: the time ratio's range against ~10³."""
     tr = [r["time_entk_s"] / r["time_pntk_s"] for r in rs]
     return part(
-        f"depth {depth}: time ratio at O = {C7_PAPER_O} vs the paper's ~{C7_PAPER_RATIO:g}",
+        f"{where}: time ratio at O = {C7_PAPER_O} vs the paper's ~{C7_PAPER_RATIO:g}",
         within(math.log10(min(tr)), math.log10(max(tr)), C7_PAPER_LOG10_BAND),
         "log10(ratio) over repeats/seeds inside [2.5, 3.5]",
         ratio_min=rounded(min(tr)),
@@ -457,14 +462,15 @@ def check_c7(rows, model, param) -> Claim:
     """From the cost runs: eNTK/pNTK warm time and compiled-memory ratios as O grows."""
     parts, table = [], []
     groups = _cost_groups(select(rows, model, param))
-    for depth, width in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):
-        by_o = groups[depth, width]
-        rows_o, t_pts, m_pts = _cost_table(depth, width, by_o)
+    for depth, width, n in sorted(groups, key=lambda k: tuple(v or 0 for v in k)):
+        by_o = groups[depth, width, n]
+        rows_o, t_pts, m_pts = _cost_table(depth, width, n, by_o)
         table += rows_o
+        where = f"depth {depth}, width {width}, N = {n}"
         if len(by_o) >= 2:
-            parts += _exponent_parts(depth, t_pts, m_pts)
+            parts += _exponent_parts(where, t_pts, m_pts)
         if model.startswith("resnet") and C7_PAPER_O in by_o:
-            parts.append(_paper_part(depth, by_o[C7_PAPER_O]))
+            parts.append(_paper_part(where, by_o[C7_PAPER_O]))
     largest = max(table, key=lambda t: (t["O"], t["depth"] or 0), default=None)
     return Claim(
         "C7",

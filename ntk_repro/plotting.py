@@ -256,19 +256,21 @@ def frobenius_vs_epoch(rows, path) -> str:
 
 def cost_vs_outputs(rows, path) -> str:
     """C7: eNTK/pNTK ratios of warm time and compiled memory vs the number of outputs O, per
-    architecture and depth, with the O and O² guides of the theory."""
+    architecture, depth, width and number of points timed, with the O and O² guides of the
+    theory."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("time_entk_s") and r.get("time_pntk_s") and r.get("num_outputs"):
-            groups[(r["model"], r.get("depth"), r.get("width"))][int(r["num_outputs"])].append(r)
+            key = (r["model"], r.get("depth"), r.get("width"), r.get("n_cost"))
+            groups[key][int(r["num_outputs"])].append(r)
     groups = {k: v for k, v in groups.items() if len(v) >= 2}
     if not groups:
         return _empty(path, "no cost runs over several numbers of outputs")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    for (model, depth, width), by_o in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (model, depth, width, n), by_o in sorted(groups.items(), key=lambda kv: str(kv[0])):
         os_ = sorted(by_o)
-        label = f"{MODEL_LABELS.get(model, model)}-{depth}, width {width}"
+        label = f"{MODEL_LABELS.get(model, model)}-{depth}, width {width}, N = {n}"
         t = [[r["time_entk_s"] / r["time_pntk_s"] for r in by_o[o]] for o in os_]
         m = [
             [
@@ -306,7 +308,7 @@ def cost_vs_width(rows, path) -> str:
     groups: dict = defaultdict(list)
     for r in rows:
         if r.get("epoch") == 0 and r.get("time_entk_s") is not None:
-            groups[(r["model"], r.get("depth"), r.get("num_outputs"))].append(r)
+            groups[(r["model"], r.get("depth"), r.get("num_outputs"), r.get("n_cost"))].append(r)
     groups = {k: v for k, v in groups.items() if len({r["width"] for r in v}) >= 2}
     if not groups:
         return _empty(path, "no kernel timings over several widths")
@@ -316,14 +318,14 @@ def cost_vs_width(rows, path) -> str:
     )
     colors = plt.get_cmap("tab10")
     for ax, (key, scale, unit, title) in zip(axes, panels, strict=True):
-        for i, ((model, depth, o), rs) in enumerate(sorted(groups.items(), key=str)):
+        for i, ((model, depth, o, n), rs) in enumerate(sorted(groups.items(), key=str)):
             for kind, ls in (("entk", "-"), ("pntk", "--")):
                 d: dict = defaultdict(list)
                 for r in rs:
                     if r.get(key.format(kind)):
                         d[r["width"]].append(r[key.format(kind)] * scale)
                 ws = sorted(d)
-                name = f"{MODEL_LABELS.get(model, model)}-{depth}, O={o}: {kind[0]}NTK"
+                name = f"{MODEL_LABELS.get(model, model)}-{depth}, O={o}, N={n}: {kind[0]}NTK"
                 _series(ax, ws, [np.median(d[w]) for w in ws], ls=ls, color=colors(i), label=name)
         _loglog(ax, "width", unit, f"C7: {title}")
         ax.legend(fontsize=7)

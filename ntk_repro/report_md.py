@@ -61,7 +61,7 @@ def measured_text(c: Claim) -> str:
             return "no cost runs"
         return (
             f"eNTK/pNTK time {_fmt(at['time_ratio'])}×, memory {_fmt(at['memory_ratio'])}× "
-            f"at O = {at['O']} (depth {at['depth']}, width {at['width']})"
+            f"at O = {at['O']} (depth {at['depth']}, width {at['width']}, N = {at.get('N')})"
         )
     return json.dumps(m)
 

@@ -234,6 +234,25 @@ def test_c7_verdicts(exponent, base, verdict):
     assert c.measured["at"]["O"] == 200
 
 
+def test_c7_never_pools_runs_timed_on_different_numbers_of_points():
+    base = 1e3 / 200**1.3
+    small = [dict(r, n_cost=10) for r in _cost_rows(1.3, base=base)]
+    large = [  # ten times the points: the eNTK/pNTK ratio is 10x larger
+        dict(r, n_cost=100, time_entk_s=10 * r["time_entk_s"]) for r in _cost_rows(1.3, base=base)
+    ]
+    c = _claim([], "C7", cost=small + large)
+    rows = {(t["depth"], t["N"], t["O"]): t["time_ratio"] for t in c.measured["table"]}
+    assert len(rows) == 2 * 2 * 3
+    for depth in (18, 34):
+        for o in (10, 100, 200):
+            # the median of the two seeds' ratios (1x and 1.01x) of this N alone
+            want = base * o**1.3 * 1.005
+            assert rows[depth, 10, o] == pytest.approx(want, rel=1e-3)
+            assert rows[depth, 100, o] == pytest.approx(10 * want, rel=1e-3)
+    labels = [p["check"] for p in c.parts]
+    assert sum("N = 10:" in s for s in labels) == 2 * 3  # time, memory, paper, per depth
+
+
 def test_c7_with_a_single_output_count_is_inconclusive():
     c = _claim([], "C7", cost=_cost_rows(1.3, outputs=(10,)))
     assert c.verdict == INCONCLUSIVE
