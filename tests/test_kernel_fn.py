@@ -467,3 +467,24 @@ def test_caches_do_not_keep_models_alive():
         del model
     gc.collect()
     assert [r() for r in refs] == [None] * len(IMPLS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("kind", ["entk", "pntk"])
+def test_auto_compiles_exactly_the_implementation_it_chose(name, kind):
+    """``auto`` adds nothing to the computation: it lowers to the same program as the
+    implementation ``ntk.diagnose`` reports it chose (so timing both only measures noise)."""
+    import re
+
+    apply_fn, params, shape = MODELS[name]()
+    x = inputs(shape, 5, 0)
+    chosen = ntk.diagnose(apply_fn, params, x, kind=kind).implementation
+    assert chosen != "auto"
+
+    def program(impl):
+        text = ntk.kernel_fn(apply_fn, kind=kind, implementation=impl).lower(params, x).as_text()
+        return re.sub(r"module @\S+|loc\([^)]*\)|#loc\d*( = .*)?", "", text)
+
+    assert program("auto") == program(chosen)
+    others = [i for i in IMPLS if i not in ("auto", chosen)]
+    assert all(program(i) != program(chosen) for i in others)  # the comparison can fail
