@@ -103,6 +103,8 @@ class _DataSchema:
 
 @dataclass
 class DigitsSchema(_DataSchema):
+    """scikit-learn's digits and mnist5k: a stratified split of one shipped set."""
+
     test_fraction: float = MISSING
     image_size: int | None = MISSING
 
@@ -164,6 +166,7 @@ SCHEMAS: dict[tuple[str, str], type] = {
     ("model", "cnn"): CNNSchema,
     ("model", "resnet18"): ResNetSchema,
     ("data", "digits"): DigitsSchema,
+    ("data", "mnist5k"): DigitsSchema,
     ("data", "mnist1d"): Mnist1dSchema,
     ("data", "mnist"): TFDSSchema,
     ("data", "cifar10"): TFDSSchema,

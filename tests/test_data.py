@@ -203,3 +203,13 @@ def test_every_registered_dataset_has_a_config_and_unknown_names_fail():
     assert set(LOADERS) == {p.stem for p in conf.glob("*.yaml")}
     with pytest.raises(ValueError, match=r"dataset: unknown value 'digitz'.*'digits'"):
         load_dataset("digitz")
+
+
+def test_mnist5k_is_real_mnist_split_stratified():
+    ds = load_dataset("mnist5k")
+    assert ds.x_train.shape == (4000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert np.bincount(ds.y_test, minlength=10).tolist() == [100] * 10  # 500 per class, 20 %
+    np.testing.assert_allclose(ds.x_train.mean(), 0.0, atol=1e-4)  # standardised
+    small = load_dataset("mnist5k", image_size=16, n_train=50, n_test=20)
+    assert small.x_train.shape == (50, 16, 16, 1) and small.x_test.shape == (20, 16, 16, 1)
