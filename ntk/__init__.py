@@ -9,6 +9,8 @@ Public API (see README):
 * metrics: :func:`relative_frobenius_error`, :func:`compare_spectra`, :func:`as_matrix`,
   :func:`kron_identity`.
 * regression: :func:`kernel_regression`, :func:`linearized_prediction`, :func:`accuracy`.
+* is an approximation good enough for my model: :func:`approximation_report` (every kind
+  against the eNTK: errors, spectra, regression, cost, readout facts; in memory or stored).
 * adapters: :func:`from_equinox`, :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
 * scale: :func:`stream_kernel` (blocked, on disk, resumable), :func:`sharded_kernel`
   (rows over all devices), :mod:`ntk.implicit` (matvecs, Lanczos, CG).
@@ -23,6 +25,7 @@ The reproduction of the pNTK study (models, data, training, report) is the separ
 
 from ntk import implicit  # entk_matvec, extreme_eigenvalues, cg_kernel_regression
 from ntk.adapters import from_equinox, from_linen, from_nnx, from_train_state
+from ntk.approximation import ApproximationReport, approximation_report
 from ntk.kernels import *  # noqa: F403  (the kernels' API, listed once in ntk.kernels.__all__)
 from ntk.kernels import __all__ as _kernels_all
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
@@ -36,7 +39,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     *_kernels_all,
+    "ApproximationReport",
     "accuracy",
+    "approximation_report",
     "as_matrix",
     "compare_spectra",
     "from_equinox",

@@ -48,6 +48,12 @@ EXPECTED = {
     "01_quickstart.ipynb": [r"\(6, 6, 10, 10\) \(6, 6\) relative Frobenius error: \d+\.\d+"],
     "02_approximation_quality.ipynb": [r"^mlp 8 \d+\.\d+", r"^mlp 32 \d+\.\d+"],
     "03_sweep_summary.ipynb": [r"^3 checkpoints"],
+    "04_is_pntk_good_enough.ipynb": [
+        r"^wide 8 \d+\.\d+ readout width 8$",
+        r"^bottleneck 32 \d+\.\d+ readout width 4$",
+        r"^attention readout width 8 pNTK error \d+\.\d+",
+        r"approximation report \(in memory\): N=6 points, 6 test, O=10",
+    ],
 }
 
 

@@ -1,0 +1,159 @@
+"""``ntk.approximation_report`` timed end to end (standalone script; writes JSON).
+
+Two cases:
+
+* ``small``: the anchor MLP (64 → 512 → 512 → 10, ReLU, float32; the neural-tangents anchor
+  model) on N = 100 points and 50 test points, in memory: the first call (compiles) and the
+  warm call (the same report again: nothing compiles);
+* ``large``: a CNN (two 3×3 convolutions of width 16, stride 2, ReLU, then a dense readout;
+  float32) on N 28×28×1 inputs (default 2,000) and N/4 test points, O = 10, stored block by
+  block under a temporary directory (every kind, Lanczos for λ_max/λ_min, CG for the
+  regressions). Reported: wall time per phase, the peak RSS of the process, the estimated
+  FLOPs of the eNTK kernels (the chosen implementation's estimate per block × blocks) and
+  the fraction of this machine's float32 GEMM rate (measured here with numpy) that the eNTK
+  phase reached.
+
+Inputs are Gaussian and labels cyclic: the case times the report, not a dataset.
+
+    python benchmarks/approximation_report.py OUT_DIR --case small
+    python benchmarks/approximation_report.py OUT_DIR --case large --n 2000
+"""
+
+import argparse
+import math
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import ntk
+from ntk.atomic import write_json
+from ntk.kernels.api import implementation_estimates
+
+
+def anchor_mlp(key):
+    k = jax.random.split(key, 3)
+    sizes = [(64, 512), (512, 512), (512, 10)]
+    params = [jax.random.normal(kk, s) / math.sqrt(s[0]) for kk, s in zip(k, sizes, strict=True)]
+
+    def apply_fn(p, x):
+        h = jax.nn.relu(x @ p[0])
+        h = jax.nn.relu(h @ p[1])
+        return h @ p[2]
+
+    return apply_fn, params
+
+
+def cnn(key, width=16):
+    k = jax.random.split(key, 3)
+    dn = ("NHWC", "HWIO", "NHWC")
+    params = {
+        "c1": jax.random.normal(k[0], (3, 3, 1, width)) / 3.0,
+        "c2": jax.random.normal(k[1], (3, 3, width, width)) / math.sqrt(9 * width),
+        "out": jax.random.normal(k[2], (7 * 7 * width, 10)) / math.sqrt(49 * width),
+    }
+
+    def apply_fn(p, x):
+        h = jax.nn.relu(
+            jax.lax.conv_general_dilated(x, p["c1"], (2, 2), "SAME", dimension_numbers=dn)
+        )
+        h = jax.nn.relu(
+            jax.lax.conv_general_dilated(h, p["c2"], (2, 2), "SAME", dimension_numbers=dn)
+        )
+        return h.reshape(h.shape[0], -1) @ p["out"]
+
+    return apply_fn, params
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def gemm_rate(n: int = 2048) -> float:
+    """float32 GEMM FLOP/s of numpy here (best of 3)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def small(n: int = 100) -> dict:
+    kp, kx, kt = jax.random.split(jax.random.key(0), 3)
+    apply_fn, params = anchor_mlp(kp)
+    x, x_test = jax.random.normal(kx, (n, 64)), jax.random.normal(kt, (n // 2, 64))
+    y, y_test = np.arange(n) % 10, np.arange(n // 2) % 10
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        rep = ntk.approximation_report(apply_fn, params, x, y, x_test=x_test, y_test=y_test)
+        times.append(time.perf_counter() - t0)
+    return {
+        "case": "small", "model": "anchor MLP 64-512-512-10", "n": n, "n_test": n // 2,
+        "first_seconds": times[0], "warm_seconds": times[1], "peak_rss_bytes": peak_rss_bytes(),
+        "report": rep.to_dict(),
+    }  # fmt: skip
+
+
+def large(n: int, block_size: int) -> dict:
+    kp, kx, kt = jax.random.split(jax.random.key(0), 3)
+    apply_fn, params = cnn(kp)
+    m = max(n // 4, 1)
+    x, x_test = jax.random.normal(kx, (n, 28, 28, 1)), jax.random.normal(kt, (m, 28, 28, 1))
+    y, y_test = np.arange(n) % 10, np.arange(m) % 10
+    phases: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def on_step(phase, step):  # the time at which each phase last made progress
+        phases[phase] = time.perf_counter() - t_start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = ntk.approximation_report(
+            apply_fn, params, x, y, x_test=x_test, y_test=y_test, path=Path(tmp) / "report",
+            block_size=block_size, callback=on_step, lanczos_tol=1e-6, cg_tol=1e-6,
+        )  # fmt: skip
+    total = time.perf_counter() - t_start
+    b = min(block_size, n)
+    xb = x[:b]
+    name = rep.entk["implementation"]
+    flops_block = implementation_estimates(apply_fn, params, xb, xb, 10, False)[name][0]
+    n_blocks = math.ceil(n / b) * (math.ceil(n / b) + 1) // 2 + math.ceil(m / b) * math.ceil(n / b)
+    entk_seconds = max(phases.get("kernel entk_test", 0.0), phases.get("kernel entk", 0.0))
+    flops = flops_block * n_blocks
+    rate = gemm_rate()
+    return {
+        "case": "large", "model": "CNN width 16, 28x28x1, O=10", "n": n, "n_test": m,
+        "block_size": block_size, "seconds": total, "phase_end_seconds": phases,
+        "peak_rss_bytes": peak_rss_bytes(), "entk_flops_estimate": flops,
+        "entk_phase_seconds": entk_seconds, "gemm_flops_per_second": rate,
+        "gemm_fraction": flops / (entk_seconds * rate) if entk_seconds else None,
+        "report": rep.to_dict(),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--case", choices=("small", "large"), default="small")
+    parser.add_argument("--n", type=int, default=None, help="points (small: 100, large: 2000)")
+    parser.add_argument("--block-size", type=int, default=256)
+    args = parser.parse_args()
+    if args.case == "small":
+        row = small(args.n or 100)
+    else:
+        row = large(args.n or 2000, args.block_size)
+    row.update(jax_version=jax.__version__, backend=jax.default_backend(), dtype="float32")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"approximation_report_{args.case}_n{row['n']}.json"
+    write_json(out, row)
+    seconds = row.get("warm_seconds", row.get("seconds"))
+    print(f"{out}: {seconds:.2f} s, peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
