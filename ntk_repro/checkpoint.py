@@ -5,6 +5,7 @@ Layout of a run directory ``OUT``::
     OUT/config.yaml          the resolved run config (written atomically)
     OUT/metrics.jsonl        one JSON object per evaluated epoch (rewritten atomically)
     OUT/checkpoints/<epoch>/ one Orbax checkpoint per saved epoch (epoch 0 = initialisation)
+    OUT/status.json          how the run stands (written atomically; see write_status)
 
 Each checkpoint has three items: ``model`` (``{"params", ["batch_stats"]}``), ``train``
 (``{"opt_state", "key"}``) and ``meta`` (JSON: ``epoch``, ``step``, ``num_classes``,
@@ -40,24 +41,38 @@ __all__ = [
     "CONFIG_FILE",
     "METRICS_FILE",
     "RESUME_IGNORED_KEYS",
+    "STATUS_FILE",
     "Checkpoint",
     "checkpoint_epochs_saved",
     "checkpoint_manager",
     "config_diff",
+    "delete_checkpoints_after",
     "ensure_writable_dir",
     "iter_checkpoints",
     "load_config",
     "read_metrics",
+    "read_status",
     "restore_checkpoint",
     "save_checkpoint",
     "write_metrics",
+    "write_status",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-# Config keys (and key prefixes) that may change between a run and its resumption.
-RESUME_IGNORED_KEYS = ("trainer.progress", "logger", "data.data_dir", "data.download")
+STATUS_FILE = "status.json"
+# Config keys (and key prefixes) that may change between a run and its resumption. The
+# divergence keys only act once a run diverges (the replay up to there is the same), so a run
+# stopped by a divergence can be resumed with ``trainer.on_divergence=lower_lr``.
+RESUME_IGNORED_KEYS = (
+    "trainer.progress",
+    "trainer.on_divergence",
+    "trainer.max_lr_restarts",
+    "logger",
+    "data.data_dir",
+    "data.download",
+)
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
@@ -128,6 +143,30 @@ def write_metrics(out_dir: str | Path, records: Sequence[Mapping]) -> None:
     """Atomically rewrites ``OUT/metrics.jsonl`` with one JSON object per record."""
     text = "".join(json.dumps(dict(r), sort_keys=False) + "\n" for r in records)
     atomic.write_text(Path(out_dir) / METRICS_FILE, text)
+
+
+def read_status(out_dir: str | Path) -> dict | None:
+    """The run's ``OUT/status.json`` (see :func:`write_status`), or None when absent (runs
+    made before the file existed)."""
+    path = Path(out_dir) / STATUS_FILE
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_status(out_dir: str | Path, status: Mapping[str, Any]) -> None:
+    """Atomically rewrites ``OUT/status.json``.
+
+    Written by :func:`ntk_repro.training.train`: ``status`` (``"running"``, ``"finished"``
+    or ``"diverged"``: stopped by a non-finite loss and not recovered), ``diverged`` (null,
+    or the divergence that stopped the run: ``epoch``, ``step``, ``learning_rate``,
+    ``reason``), ``learning_rate`` (the peak learning rate in use at the end),
+    ``lr_lowered`` (one entry per ``trainer.on_divergence=lower_lr`` restart: ``epoch``,
+    ``step``, ``old_lr``, ``new_lr``, ``restart_epoch`` and the ``dropped_checkpoints`` it
+    abandoned), ``epoch`` and ``step`` (the last finished epoch and its step).
+    """
+    text = json.dumps(dict(status), indent=1, allow_nan=False) + "\n"
+    atomic.write_text(Path(out_dir) / STATUS_FILE, text)
 
 
 @contextlib.contextmanager
@@ -201,6 +240,16 @@ def save_checkpoint(
         force=True,
     )
     manager.wait_until_finished()
+
+
+def delete_checkpoints_after(manager: ocp.CheckpointManager, epoch: int) -> list[int]:
+    """Deletes the checkpoints of epochs after ``epoch`` (a run going back to ``epoch``
+    abandons them); returns their epochs."""
+    dropped = sorted(e for e in manager.all_steps() if e > epoch)
+    for e in dropped:
+        manager.delete(e)
+    manager.wait_until_finished()
+    return dropped
 
 
 def restore_checkpoint(

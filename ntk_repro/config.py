@@ -29,6 +29,8 @@ class TrainerSchema:
     checkpoint_every: int | None = MISSING
     eval_every: int = MISSING
     progress: Any = MISSING  # true | false | "auto"
+    on_divergence: str = MISSING  # stop | lower_lr
+    max_lr_restarts: int = MISSING
 
 
 @dataclass

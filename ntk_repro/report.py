@@ -7,6 +7,8 @@ the paper's claims C1–C7 on them (:mod:`ntk_repro.claims`) and writes
 
 * ``summary.json``: ``{"claims": [...], "rows": [...], "ridges": [...], ...}``; each claim has
   ``id``, ``model``, ``measured``, ``expected``, ``verdict`` and the ``rule`` that decided it;
+  ``diverged_runs`` lists the runs a non-finite training loss stopped (``run``, ``epoch``,
+  ``step``, ``learning_rate``): they are left out of every row, table, figure and claim;
 * ``report.md`` and ``fig_*.png``; with W&B on (``WANDB_MODE`` not ``disabled``), the figures
   as images and the claims as a table in an offline run under ``out_dir/wandb``.
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from ntk import atomic
 from ntk_repro import plotting
+from ntk_repro.checkpoint import read_status
 from ntk_repro.claims import AGREES, DISAGREES, Claim, claim_checks, ridges_of
 from ntk_repro.report_md import (
     README_COLUMNS,
@@ -65,6 +68,57 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     runs = {p.parent for p in root.rglob("metrics.jsonl") if (p.parent / "config.yaml").exists()}
     return sorted(runs)
+
+
+def divergence_of(run_dir: str | Path) -> dict | None:
+    """How a run diverged, ``{"epoch", "step", "learning_rate"}``, or None when it did not.
+
+    From the run's ``status.json`` (:func:`ntk_repro.checkpoint.write_status`; a run that
+    ``trainer.on_divergence=lower_lr`` recovered did not diverge); a run made before that
+    file existed diverged when a record's ``train_loss`` is not finite."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status is not None:
+        info = status.get("diverged") or {}
+        if status.get("status") != "diverged":
+            return None
+        return {k: info.get(k) for k in ("epoch", "step", "learning_rate")}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if isinstance(rec.get("train_loss"), float) and not math.isfinite(rec["train_loss"]):
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+            lr = cfg.get("optimizer", {}).get("learning_rate")
+            return {"epoch": rec["epoch"], "step": rec.get("step"), "learning_rate": lr}
+    return None
+
+
+def gather_runs(root: str | Path) -> tuple[list[Path], list[dict]]:
+    """The runs under ``root`` that feed the report, and the diverged ones left out of it
+    (``run``: the path under ``root``, ``run_dir``, ``epoch``, ``step``, ``learning_rate``)."""
+    kept, diverged = [], []
+    for run_dir in find_runs(root):
+        info = divergence_of(run_dir)
+        if info is None:
+            kept.append(run_dir)
+        else:
+            name = run_dir.relative_to(root).as_posix() if run_dir != Path(root) else run_dir.name
+            diverged.append({"run": name, "run_dir": str(run_dir), **info})
+    return kept, diverged
+
+
+def _diverged_md(diverged: list[dict]) -> str:
+    """report.md's list of the diverged runs ("" when none)."""
+    if not diverged:
+        return ""
+    intro = "Stopped by a non-finite training loss; left out of every table, figure and claim."
+    lines = ["", "## Diverged runs", "", intro, ""]
+    lines += ["| run | epoch | step | learning rate |", "|---|---|---|---|"]
+    lines += [
+        f"| {d['run']} | {d['epoch']} | {d['step']} | {d['learning_rate']} |" for d in diverged
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _depth(model_cfg: dict) -> int | None:
@@ -194,10 +248,13 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> di
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = find_runs(runs_root)
+    runs, diverged = gather_runs(runs_root)
     rows = _sorted_rows(runs)
     if not rows:
-        raise FileNotFoundError(f"runs_root: no runs with kernel metrics under {str(runs_root)!r}")
+        left_out = f" ({len(diverged)} diverged runs left out)" if diverged else ""
+        raise FileNotFoundError(
+            f"runs_root: no runs with kernel metrics under {str(runs_root)!r}{left_out}"
+        )
     summary_rows = [{k: _finite(v) for k, v in r.items()} for r in rows]
     width_rows = _of(rows, WIDTH)
     claims = claim_checks(width_rows, _of(rows, TRAINING), _of(rows, COST))
@@ -213,9 +270,10 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> di
         "linearized": lin,
         "layer_shares": shares,
         "runs": len(runs),
+        "diverged_runs": diverged,
     }
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=1, default=_json_default))
-    md = report_md(rows, runs, claims, figs, f32, lin, shares, width_rows)
+    md = report_md(rows, runs, claims, figs, f32, lin, shares, width_rows) + _diverged_md(diverged)
     atomic.write_text(out / "report.md", md)
     checks = [_check_line(c) for c in claims]
     _log_to_wandb(out, figs, claims)

@@ -1,5 +1,6 @@
 """Train state and the jitted steps of the training loop: one optimiser step, one masked
-evaluation batch, and the deterministic batch order of each epoch."""
+evaluation batch, the once-per-epoch summary (mean loss and the divergence check) and the
+deterministic batch order of each epoch."""
 
 from __future__ import annotations
 
@@ -107,6 +108,29 @@ def evaluate(
         loss_sum += float(out["loss_sum"])
         correct += float(out["correct"])
     return {"loss": loss_sum / n, "acc": correct / n}
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """A scalar bool: every element of every array leaf of ``tree`` is finite (True for an
+    empty tree; integer leaves are always finite)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+@jax.jit
+def epoch_summary(step_metrics: Sequence[dict], state: TrainState) -> dict[str, jax.Array]:
+    """One epoch's step metrics (``train_step``'s ``{"loss", "acc"}``, kept on device) and
+    its final state, reduced to scalars to fetch in one transfer: mean ``loss`` and ``acc``,
+    ``first_nonfinite`` (the index of the first step whose loss is not finite, -1 if none)
+    and ``state_finite`` (params, batch_stats and optimiser state all finite)."""
+    loss_S = jnp.stack([m["loss"] for m in step_metrics])
+    bad_S = ~jnp.isfinite(loss_S)
+    return {
+        "loss": jnp.mean(loss_S),
+        "acc": jnp.mean(jnp.stack([m["acc"] for m in step_metrics])),
+        "first_nonfinite": jnp.where(jnp.any(bad_S), jnp.argmax(bad_S), -1),
+        "state_finite": all_finite(state),
+    }
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:

@@ -15,6 +15,16 @@ and a run directory ``OUT`` and writes ``OUT/config.yaml``, ``OUT/metrics.jsonl`
   :data:`ntk_repro.checkpoint.RESUME_IGNORED_KEYS` refuses to resume and names the keys.
 * Callbacks ``fn(event: CheckpointEvent)`` run after each checkpoint is finalised on disk
   (see :class:`CheckpointEvent`); they are the hook for kernels at checkpoints.
+* Divergence: the first epoch with a non-finite training loss (or non-finite parameters or
+  optimiser state) stops the run with a log message naming epoch, step and learning rate.
+  Nothing of that epoch is kept: no metrics record, no checkpoint, no callback (so no kernel
+  of non-finite parameters); ``OUT/status.json`` says ``"status": "diverged"``. With
+  ``trainer.on_divergence=lower_lr`` the run restarts instead from its last checkpoint at a
+  tenth of the learning rate (one checkpoint further back when a restart from there diverged
+  again; at most ``trainer.max_lr_restarts`` times), recorded in ``status.json``'s
+  ``lr_lowered``. ``train`` returns normally either way, so the command line exits with
+  status 0 and a Hydra multirun sweep goes on past a diverged run; callers read
+  :attr:`TrainResult.diverged`, and the report lists such runs and leaves them out.
 
 Example::
 
@@ -36,7 +46,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -49,8 +58,10 @@ from ntk_repro.models import MODELS, build_model, kernel_apply_fn
 from ntk_repro.optim import LOSSES, OPTIMIZERS, SCHEDULES, build_optimizer
 from ntk_repro.steps import (
     TrainState,
+    all_finite,
     create_state,
     epoch_batches,
+    epoch_summary,
     evaluate,
     make_eval_step,
     make_train_step,
@@ -59,6 +70,7 @@ from ntk_repro.steps import (
 
 __all__ = [
     "LOSSES",
+    "ON_DIVERGENCE",
     "OPTIMIZERS",
     "SCHEDULES",
     "CheckpointEvent",
@@ -77,6 +89,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# trainer.on_divergence: what a non-finite training loss does
+ON_DIVERGENCE = ("stop", "lower_lr")
+LR_FACTOR = 10.0  # lower_lr divides the learning rate by this, the paper's own remedy
 
 
 def checkpoint_epochs(trainer_cfg: Mapping[str, Any]) -> list[int]:
@@ -134,6 +150,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ValueError(
             f"trainer.progress: must be true, false or 'auto', got {trainer['progress']!r}"
         )
+    if trainer["on_divergence"] not in ON_DIVERGENCE:
+        raise ValueError(
+            f"trainer.on_divergence: must be one of {list(ON_DIVERGENCE)}, "
+            f"got {trainer['on_divergence']!r}"
+        )
+    restarts = trainer["max_lr_restarts"]
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 0:
+        raise ValueError(f"trainer.max_lr_restarts: must be an int >= 0, got {restarts!r}")
     checkpoint_epochs(trainer)
 
 
@@ -205,6 +229,22 @@ class TrainResult:
     epoch: int
     step: int
     resumed_from: int | None
+    diverged: dict | None = None  # the divergence that stopped the run (see status.json)
+    lr_lowered: list[dict] = field(default_factory=list)  # trainer.on_divergence=lower_lr
+    learning_rate: float | None = None  # the peak learning rate in use at the end
+
+
+class _Diverged(Exception):
+    """Raised inside the epoch loop at the first non-finite loss, parameter or optimiser
+    state; :func:`_on_divergence` decides what follows."""
+
+    def __init__(self, epoch: int, step: int, learning_rate: float, reason: str):
+        self.info = {"epoch": epoch, "step": step, "learning_rate": learning_rate}
+        self.info["reason"] = reason
+        super().__init__(
+            f"training diverged at epoch {epoch}, step {step} "
+            f"(learning rate {learning_rate:g}): {reason}"
+        )
 
 
 def _load_data(cfg: Mapping) -> Dataset:
@@ -228,8 +268,12 @@ class _Run:
     key: jax.Array
     callbacks: Sequence[Callback]
     on_epoch: Callable[[dict], None] | None
+    lr: float
+    epoch: int = 0  # the last finished epoch
     step: int = 0
     records: list = field(default_factory=list)
+    lr_lowered: list = field(default_factory=list)
+    diverged: dict | None = None
 
     @property
     def trainer(self) -> dict:
@@ -248,15 +292,25 @@ def _batch_size(ds: Dataset, trainer: Mapping) -> int:
     return min(int(trainer["batch_size"]), len(ds.y_train))
 
 
-def _setup(cfg: dict, out: Path, callbacks, on_epoch) -> _Run:
-    """Data, model, optimiser, jitted steps and the initial state of a run."""
-    ds = _load_data(cfg)
+def _optimizer(cfg: Mapping, ds: Dataset, lr: float):
+    """The run's optax optimiser at peak learning rate ``lr`` (the config's, or a lowered
+    one: the learning rate lives in the schedule's closure, not in the optimiser state, so
+    a state saved at one rate restores into the optimiser of another)."""
     trainer = cfg["trainer"]
     steps_per_epoch = len(ds.y_train) // _batch_size(ds, trainer)
+    epochs = max(int(trainer["epochs"]), 1)
+    opt_cfg = {**cfg["optimizer"], "learning_rate": lr}
+    return build_optimizer(opt_cfg, steps_per_epoch=steps_per_epoch, epochs=epochs)
+
+
+def _setup(cfg: dict, out: Path, callbacks, on_epoch, lr: float) -> _Run:
+    """Data, model, optimiser (at peak learning rate ``lr``), jitted steps and the initial
+    state of a run."""
+    ds = _load_data(cfg)
+    trainer = cfg["trainer"]
     model_cfg = dict(cfg["model"])
     model = build_model(model_cfg.pop("name"), num_classes=ds.num_classes, **model_cfg)
-    epochs = max(int(trainer["epochs"]), 1)
-    tx = build_optimizer(cfg["optimizer"], steps_per_epoch=steps_per_epoch, epochs=epochs)
+    tx = _optimizer(cfg, ds, lr)
     init_key, key = jax.random.split(jax.random.key(int(cfg["seed"])))
     return _Run(
         cfg=cfg,
@@ -270,6 +324,7 @@ def _setup(cfg: dict, out: Path, callbacks, on_epoch) -> _Run:
         key=key,
         callbacks=callbacks,
         on_epoch=on_epoch,
+        lr=lr,
     )
 
 
@@ -281,17 +336,109 @@ def _checkpoint_items(run: _Run) -> dict:
     )
 
 
-def _resume(run: _Run) -> int:
-    """Restores the last checkpoint into ``run`` and keeps the metric records up to it;
-    returns its epoch."""
-    epoch = ckpt.checkpoint_epochs_saved(run.out)[-1]
+def _restore(run: _Run, epoch: int) -> None:
+    """Restores the checkpoint of ``epoch`` into ``run`` and keeps the records up to it."""
     restored = ckpt.restore_checkpoint(run.manager, epoch, **_checkpoint_items(run))
     run.state = TrainState(restored["params"], restored["batch_stats"], restored["opt_state"])
     run.key = restored["key"]
     run.step = int(restored["meta"]["step"])
-    run.records = [r for r in ckpt.read_metrics(run.out) if r["epoch"] <= epoch]
+    run.epoch = epoch
+    run.records = [r for r in run.records if r["epoch"] <= epoch]
+
+
+def _resume(run: _Run) -> int:
+    """Restores the last checkpoint into ``run`` and keeps the metric records up to it;
+    returns its epoch."""
+    epoch = ckpt.checkpoint_epochs_saved(run.out)[-1]
+    run.records = ckpt.read_metrics(run.out)
+    _restore(run, epoch)
     log.info("resuming %s from epoch %d (step %d)", run.out, epoch, run.step)
     return epoch
+
+
+def _write_status(run: _Run, status: str) -> None:
+    ckpt.write_status(
+        run.out,
+        {
+            "status": status,
+            "diverged": run.diverged,
+            "learning_rate": run.lr,
+            "lr_lowered": run.lr_lowered,
+            "epoch": run.epoch,
+            "step": run.step,
+        },
+    )
+
+
+def _restart_epoch(run: _Run, saved: list[int]) -> int:
+    """The checkpoint a ``lower_lr`` restart goes back to: the last one, unless the previous
+    restart already went back there and diverged again before the next checkpoint. That
+    checkpoint, though finite, may be blown up past what any learning rate recovers from
+    (e.g. a loss of 1e27), so the restart goes one checkpoint further back."""
+    if run.lr_lowered and run.lr_lowered[-1]["restart_epoch"] == saved[-1] and len(saved) > 1:
+        return saved[-2]
+    return saved[-1]
+
+
+def _on_divergence(run: _Run, error: _Diverged, before: tuple) -> int | None:
+    """After a divergence: the epoch to go on from (``lower_lr``: a checkpoint, restored,
+    at a tenth of the learning rate; see :func:`_restart_epoch`), or None when the run
+    stops there.
+
+    ``before`` is ``(state, step)`` at the start of the diverged epoch, the last finite
+    state, which a stopped run returns. The diverged epoch's record (if any) is dropped."""
+    info = error.info
+    run.state, run.step = before
+    run.records = [r for r in run.records if r["epoch"] < info["epoch"]]
+    ckpt.write_metrics(run.out, run.records)
+    saved = ckpt.checkpoint_epochs_saved(run.out)  # all finite: none is saved otherwise
+    limit = int(run.trainer["max_lr_restarts"])
+    lower = run.trainer["on_divergence"] == "lower_lr"
+    if lower and saved and len(run.lr_lowered) < limit:
+        new_lr, restart = run.lr / LR_FACTOR, _restart_epoch(run, saved)
+        log.warning(
+            "%s; restarting from the checkpoint of epoch %d at learning rate %g "
+            "(trainer.on_divergence=lower_lr, restart %d of at most %d)",
+            error,
+            restart,
+            new_lr,
+            len(run.lr_lowered) + 1,
+            limit,
+        )
+        run.lr_lowered.append(
+            {
+                "epoch": info["epoch"],
+                "step": info["step"],
+                "old_lr": run.lr,
+                "new_lr": new_lr,
+                "restart_epoch": restart,
+                "dropped_checkpoints": ckpt.delete_checkpoints_after(run.manager, restart),
+            }
+        )
+        run.lr = new_lr
+        run.train_step = make_train_step(
+            run.model, _optimizer(run.cfg, run.ds, new_lr), run.trainer["loss"]
+        )
+        _restore(run, restart)
+        ckpt.write_metrics(run.out, run.records)
+        _write_status(run, "running")
+        return restart
+    run.diverged = info
+    if not lower:
+        action = "set trainer.on_divergence=lower_lr to restart at a lower learning rate"
+    elif not saved:
+        action = "no finite checkpoint to restart from"
+    else:
+        action = f"gave up after trainer.max_lr_restarts={limit} learning-rate restarts"
+    kept = f"epoch {saved[-1]}" if saved else "none"
+    log.error(
+        "%s. The run stops (%s); last finite checkpoint: %s; %s marks it diverged.",
+        error,
+        action,
+        kept,
+        run.out / ckpt.STATUS_FILE,
+    )
+    return None
 
 
 def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
@@ -301,6 +448,8 @@ def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
     n_eval = len(ds.y_train) if trainer["train_eval_size"] is None else trainer["train_eval_size"]
     n_eval, bs = int(n_eval), trainer["eval_batch_size"]
     train_m = evaluate(run.eval_step, run.state, ds.x_train[:n_eval], ds.y_train[:n_eval], bs)
+    if epoch > 0 and not math.isfinite(train_m["loss"]):  # a trained state gone bad
+        raise _Diverged(epoch, run.step, run.lr, f"evaluated train_loss is {train_m['loss']}")
     test_m = evaluate(run.eval_step, run.state, ds.x_test, ds.y_test, bs)
     record = {
         "epoch": epoch,
@@ -327,6 +476,8 @@ def _save_and_call_back(run: _Run, epoch: int, record: dict) -> None:
     """Saves the checkpoint of ``epoch``, then runs the callbacks on it; scalars they return
     join the epoch's record."""
     state = run.state
+    if not bool(all_finite(state)):  # never a checkpoint (or a kernel) of non-finite params
+        raise _Diverged(epoch, run.step, run.lr, "non-finite parameters at the checkpoint")
     meta = {"step": run.step, "num_classes": run.ds.num_classes}
     meta["input_shape"] = list(run.ds.input_shape)
     ckpt.save_checkpoint(run.manager, epoch, **_checkpoint_items(run), meta=meta)
@@ -368,18 +519,55 @@ def _finish_epoch(run: _Run, epoch: int, save_epochs: set[int]) -> None:
 
 
 def _train_epoch(run: _Run, epoch: int, bar) -> None:
-    """One pass over the epoch's batches (its permutation of ``(seed, epoch)``)."""
+    """One pass over the epoch's batches (its permutation of ``(seed, epoch)``); raises
+    :class:`_Diverged` when a step's loss, or the final state, is not finite.
+
+    Divergence is checked once per epoch, not per step: the step losses stay on device and
+    :func:`epoch_summary` reduces them, with a finiteness check of the state, to scalars
+    fetched in the one transfer the epoch already made for its progress-bar loss. The hot
+    loop gains no device sync; a diverging epoch runs on to its end before it is caught (its
+    steps are cheap and nothing of it is kept), and its first non-finite loss names the
+    step."""
     ds, metrics = run.ds, []
     n, seed = len(ds.y_train), int(run.cfg["seed"])
+    first_step = run.step
     for idx_B in epoch_batches(n, run.batch_size, seed, epoch):
         run.state, m = run.train_step(run.state, ds.x_train[idx_B], ds.y_train[idx_B])
         metrics.append(m)
         run.step += 1
         bar.update(1)
-    if metrics:
-        loss = float(jnp.mean(jnp.stack([m["loss"] for m in metrics])))
-        acc = float(jnp.mean(jnp.stack([m["acc"] for m in metrics])))
-        bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+    if not metrics:
+        return
+    summary = jax.device_get(epoch_summary(metrics, run.state))
+    bad = int(summary["first_nonfinite"])
+    if bad >= 0:  # step numbers count from 1: step k is the k-th optimiser update
+        raise _Diverged(
+            epoch, first_step + bad + 1, run.lr, f"training loss is {float(metrics[bad]['loss'])}"
+        )
+    if not summary["state_finite"]:
+        raise _Diverged(epoch, run.step, run.lr, "non-finite parameters or optimiser state")
+    loss, acc = float(summary["loss"]), float(summary["acc"])
+    bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+
+
+def _run_epochs(run: _Run, first: int, epochs: int, save_epochs: set[int], bar) -> None:
+    """Epochs ``first + 1 .. epochs``, restarting or stopping at a divergence."""
+    epoch = first + 1
+    while epoch <= epochs:
+        before = (run.state, run.step)
+        try:
+            _train_epoch(run, epoch, bar)
+            _finish_epoch(run, epoch, save_epochs)
+        except _Diverged as error:
+            restart = _on_divergence(run, error, before)
+            if restart is None:
+                return
+            bar.n = run.step
+            bar.refresh()
+            epoch = restart + 1
+            continue
+        run.epoch = epoch
+        epoch += 1
 
 
 def _progress_bar(run: _Run, epochs: int):
@@ -424,30 +612,39 @@ def train(
     validate_config(cfg)
     out = ckpt.ensure_writable_dir(out_dir)
     resume = _check_resume(out, cfg)
-    run = _setup(cfg, out, callbacks, on_epoch)
+    # a resumed run goes on at the learning rate its last lower_lr restart left
+    status = (ckpt.read_status(out) if resume else None) or {}
+    lr = float(status.get("learning_rate", cfg["optimizer"]["learning_rate"]))
+    run = _setup(cfg, out, callbacks, on_epoch, lr)
+    run.lr_lowered = list(status.get("lr_lowered", []))
     resumed_from = _resume(run) if resume else None
     atomic.write_text(out / ckpt.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg)))
     ckpt.write_metrics(out, run.records)
+    _write_status(run, "running")
     epochs = int(cfg["trainer"]["epochs"])
     save_epochs = set(checkpoint_epochs(cfg["trainer"]))
     try:
         if not resume:
-            _finish_epoch(run, 0, save_epochs)
-        with _progress_bar(run, epochs) as bar:
-            for epoch in range((resumed_from or 0) + 1, epochs + 1):
-                _train_epoch(run, epoch, bar)
-                _finish_epoch(run, epoch, save_epochs)
+            try:
+                _finish_epoch(run, 0, save_epochs)
+            except _Diverged as error:  # a non-finite initialisation: nothing to go back to
+                _on_divergence(run, error, (run.state, run.step))
+        if run.diverged is None:
+            with _progress_bar(run, epochs) as bar:
+                _run_epochs(run, resumed_from or 0, epochs, save_epochs, bar)
     finally:
         run.manager.close()
-    if not math.isfinite(run.records[-1]["train_loss"]):
-        log.warning("training diverged: final train_loss is %s", run.records[-1]["train_loss"])
+    _write_status(run, "finished" if run.diverged is None else "diverged")
     return TrainResult(
         state=run.state,
         metrics=run.records,
         model=run.model,
         dataset=run.ds,
         out_dir=out,
-        epoch=epochs,
+        epoch=run.epoch,
         step=run.step,
         resumed_from=resumed_from,
+        diverged=run.diverged,
+        lr_lowered=list(run.lr_lowered),
+        learning_rate=run.lr,
     )
