@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from ntk.kernels import kernel_fn
+from ntk.kernels.estimates import implementation_estimates
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
 
@@ -266,9 +267,22 @@ def _cost(apply_fn, params, x, kw, implementation, batch_size, repeats) -> dict:
         s[f"time_{kind}_s"], s[f"time_first_{kind}_s"] = warm, first
         s[f"time_{kind}_s_min"], s[f"time_{kind}_s_max"] = lo, hi
         s[f"kernel_bytes_{kind}"] = compiled_bytes(kfn, params, x, **kw)
+        s[f"implementation_{kind}"], s[f"flops_{kind}"] = _flop_model(kfn, apply_fn, params, x, kw)
         s[f"_{kind}"] = k
     s["num_outputs"] = int(s["_entk"].shape[-1])
+    s["backend"] = jax.default_backend()
     return s
+
+
+def _flop_model(kfn, apply_fn, params, x, kw) -> tuple[str, float | None]:
+    """The implementation the kernel function ran and the FLOPs the library's cost model
+    (:func:`ntk.kernels.estimates.implementation_estimates`) gives it on these shapes."""
+    prep = kfn.prepared(params, x, None, kw)[0]
+    est = implementation_estimates(
+        lambda p, a: apply_fn(p, a, **kw), params, x, None, prep.proj_KO.shape[0], prep.diag
+    )
+    flops = est.get(prep.implementation, (None,))[0]
+    return prep.implementation, (float(flops) if flops is not None else None)
 
 
 def _quality(apply_fn, params, x_tr, x_te, evalset, kw, ridges, options, repeats) -> KernelResult:
@@ -337,12 +351,24 @@ def _spectra(entk_NNOO, pntk_NN, s: dict) -> dict:
 
 
 def _regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s: dict) -> dict:
-    """Kernel regression with both kernels at every ridge: adds the ``kr_*`` scalars to ``s``
-    (with an ``@ridge=r`` suffix, and without one at ridge 0); returns the predictions."""
+    """Kernel regression with both kernels at every ridge, in two arms: adds the ``kr_*``
+    scalars to ``s`` and returns the predictions.
+
+    * relative ridge (``@ridge=r``, and without a suffix at r = 0): each kernel K gets
+      ``r·mean(diag K)``, so the ridge follows each kernel's own scale;
+    * absolute ridge (``@abs_ridge=r``, r > 0): one λ = ``r·mean(diag Θ)`` for Θ and for
+      pNTK⊗I alike. Ridgeless predictions are scale-invariant and a ridge is not, so the two
+      arms differ by how far the pNTK's scale is from Θ's (``pntk_diag_scale`` =
+      mean diag pNTK / mean diag Θ).
+    """
     arrays = {}
-    for ridge in ridges:
-        p_e = kernel_regression(entk_tt, entk_st, y_onehot, ridge=ridge)
-        p_p = kernel_regression(pntk_tt, pntk_st, y_onehot, ridge=ridge)
+    scale = float(np.mean(np.diagonal(pntk_tt)) / np.mean(np.einsum("nnoo->no", entk_tt)))
+    s["pntk_diag_scale"] = scale
+    arms = [("ridge", r, r, r) for r in ridges]
+    arms += [("abs_ridge", r, r, r / scale) for r in ridges if r > 0]
+    for arm, ridge, r_e, r_p in arms:
+        p_e = kernel_regression(entk_tt, entk_st, y_onehot, ridge=r_e)
+        p_p = kernel_regression(pntk_tt, pntk_st, y_onehot, ridge=r_p)
         vals = {
             "kr_pred_rel_diff": _rel_diff(p_p, p_e),
             "kr_acc_entk": accuracy(p_e, y_te),
@@ -350,11 +376,12 @@ def _regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s: d
             "kr_argmax_disagree": float(np.mean(np.argmax(p_e, 1) != np.argmax(p_p, 1))),
         }
         for key, val in vals.items():
-            s[f"{key}@ridge={ridge:g}"] = val
+            s[f"{key}@{arm}={ridge:g}"] = val
             if ridge == 0:
                 s[key] = val
-        arrays[f"pred_entk@ridge={ridge:g}"] = p_e
-        arrays[f"pred_pntk@ridge={ridge:g}"] = p_p
+        arrays[f"pred_pntk@{arm}={ridge:g}"] = p_p
+        if arm == "ridge":
+            arrays[f"pred_entk@ridge={ridge:g}"] = p_e
     return arrays
 
 

@@ -24,6 +24,7 @@ class TrainerSchema:
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     train_eval_size: int | None = MISSING
+    test_eval_size: int | None = None
     loss: str = MISSING
     checkpoint_epochs: list[int] = MISSING
     checkpoint_every: int | None = MISSING

@@ -26,19 +26,28 @@ def _slope_text(d: dict) -> str:
         return "slope n/a (fewer than two widths)"
     x = d.get("x") or []
     span = f", x {x[0]}–{x[-1]}" if x else ""
-    return f"slope {_fmt(d['slope'])} ± {_fmt(d.get('se'))} ({d.get('n_seeds')} seeds{span})"
+    lo, hi = d.get("interval") or (None, None)
+    return (
+        f"slope {_fmt(d['slope'])}, 95 % [{_fmt(lo)}, {_fmt(hi)}] ({d.get('n_seeds')} seeds{span})"
+    )
 
 
 def measured_text(c: Claim) -> str:
     """One line with the measured numbers of a claim check."""
     m = c.measured
-    if c.id in ("C1", "C2"):
-        extra = m.get("error_at_widest", m.get("lambda_max_rel_error_at_widest"))
-        return f"{_slope_text(m)}; {_fmt(extra)} at the widest"
+    if c.id == "C1":
+        lo, hi = m.get("theory_local_slope_narrowest_widest") or (None, None)
+        return (
+            f"{_slope_text(m)}; {_fmt(m.get('error_at_widest'))} at the widest; theory's local "
+            f"slope at the measured errors {_fmt(lo)} (narrowest) to {_fmt(hi)} (widest)"
+        )
+    if c.id == "C2":
+        return f"{_slope_text(m)}; {_fmt(m.get('lambda_max_rel_error_at_widest'))} at the widest"
     if c.id == "C3":
         return (
             f"λ_min: {_slope_text(m['slope_lambda_min'])}; κ: "
-            f"{_slope_text(m['slope_cond'])}; λ_max slope {_fmt(m['slope_lambda_max'])}"
+            f"{_slope_text(m['slope_cond'])}; λ_max slope {_fmt(m['slope_lambda_max'])} "
+            f"(λ_min's rate / λ_max's {_fmt(m.get('rate_vs_lambda_max'))}, not judged)"
         )
     if c.id == "C4":
         return (
@@ -46,10 +55,21 @@ def measured_text(c: Claim) -> str:
             f" linearised-prediction slope {_fmt(m['slope_linearized'])}"
         )
     if c.id == "C5":
+        arms = []
+        for arm, name in (("ridge", "relative"), ("abs_ridge", "absolute")):
+            ps = [p for p in c.parts if p.get("arm") == arm]
+            if ps:
+                arms.append(
+                    f"{name} ridge ({m['arms'].get(arm)}): "
+                    + ", ".join(
+                        f"r {_fmt(p['ridge'])}: slope {_fmt(p['slope'])}, "
+                        f"{_fmt(p['value_at_widest'])} at the widest"
+                        for p in ps
+                    )
+                )
         return (
-            "slope by ridge: "
-            + ", ".join(f"{_fmt(p['ridge'])}: {_fmt(p['slope'])}" for p in c.parts)
-            + f" (ridge 0: {_fmt(m['slope_ridge0'])})"
+            f"ridge 0: slope {_fmt(m['slope_ridge0'])}, {_fmt(m.get('value_at_widest_ridge0'))} "
+            "at the widest; " + "; ".join(arms) + f"; breaks: {', '.join(m['value']) or 'none'}"
         )
     if c.id == "C6":
         return "error at the last checkpoint / at init: " + ", ".join(
@@ -60,8 +80,10 @@ def measured_text(c: Claim) -> str:
         if not at:
             return "no cost runs"
         return (
-            f"eNTK/pNTK time {_fmt(at['time_ratio'])}×, memory {_fmt(at['memory_ratio'])}× "
-            f"at O = {at['O']} (depth {at['depth']}, width {at['width']}, N = {at.get('N')})"
+            f"eNTK/pNTK time {_fmt(at['time_ratio'])}× (FLOP model "
+            f"{_fmt(at.get('flop_model_ratio'))}×), memory {_fmt(at['memory_ratio'])}× at O = "
+            f"{at['O']} (depth {at['depth']}, width {at['width']}, N = {at.get('N')}); shape: "
+            f"{m.get('shape')}; magnitude: {m.get('magnitude')}"
         )
     return json.dumps(m)
 

@@ -142,10 +142,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         low = 0 if key == "epochs" else 1  # epochs=0: the init checkpoint only
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"trainer.{key}: must be an int >= {low}, got {value!r}")
-    if trainer["train_eval_size"] is not None and int(trainer["train_eval_size"]) <= 0:
-        raise ValueError(
-            f"trainer.train_eval_size: must be positive or null, got {trainer['train_eval_size']!r}"
-        )
+    for key in ("train_eval_size", "test_eval_size"):
+        if trainer.get(key) is not None and int(trainer[key]) <= 0:
+            raise ValueError(f"trainer.{key}: must be positive or null, got {trainer[key]!r}")
     if trainer["progress"] not in (True, False, "auto"):
         raise ValueError(
             f"trainer.progress: must be true, false or 'auto', got {trainer['progress']!r}"
@@ -442,15 +441,17 @@ def _on_divergence(run: _Run, error: _Diverged, before: tuple) -> int | None:
 
 
 def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
-    """Evaluates train (first ``train_eval_size`` examples) and test sets, appends the record
-    to ``metrics.jsonl`` and hands it to ``on_epoch``."""
+    """Evaluates the train and test sets (their first ``train_eval_size`` and
+    ``test_eval_size`` examples; null: all), appends the record to ``metrics.jsonl`` and hands
+    it to ``on_epoch``."""
     ds, trainer = run.ds, run.trainer
     n_eval = len(ds.y_train) if trainer["train_eval_size"] is None else trainer["train_eval_size"]
-    n_eval, bs = int(n_eval), trainer["eval_batch_size"]
+    n_test = len(ds.y_test) if trainer.get("test_eval_size") is None else trainer["test_eval_size"]
+    n_eval, n_test, bs = int(n_eval), int(n_test), trainer["eval_batch_size"]
     train_m = evaluate(run.eval_step, run.state, ds.x_train[:n_eval], ds.y_train[:n_eval], bs)
     if epoch > 0 and not math.isfinite(train_m["loss"]):  # a trained state gone bad
         raise _Diverged(epoch, run.step, run.lr, f"evaluated train_loss is {train_m['loss']}")
-    test_m = evaluate(run.eval_step, run.state, ds.x_test, ds.y_test, bs)
+    test_m = evaluate(run.eval_step, run.state, ds.x_test[:n_test], ds.y_test[:n_test], bs)
     record = {
         "epoch": epoch,
         "step": run.step,

@@ -1,6 +1,6 @@
 """The statistics and verdict rules of the claim checks (:mod:`ntk_repro.claims`), defined
-once: verdicts, intervals of ``Z`` standard errors, the log-log slope fit, and the selection of
-summary rows by model, parameterisation and epoch."""
+once: verdicts, 95 % intervals from the t distribution, the log-log slope fit, and the
+selection of summary rows by model, parameterisation and epoch."""
 
 from __future__ import annotations
 
@@ -11,31 +11,59 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
 VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE)
-Z = 2.0  # half-width of every interval in standard errors (~95 %)
+LEVEL = 0.95  # two-sided coverage of every interval
+# The normal quantile, only for the paired binomial error of an accuracy gap over M test
+# points (a normal approximation of a count, not an estimate from a few seeds).
+Z = float(stats.norm.ppf(0.5 + LEVEL / 2))
+
+
+def t_quantile(df: float) -> float:
+    """The two-sided :data:`LEVEL` quantile of Student's t with ``df`` degrees of freedom
+    (12.7 for one, 4.3 for two, 2.8 for four); inf without any (no spread to go on)."""
+    if not (df >= 1):
+        return math.inf
+    return float(stats.t.ppf(0.5 + LEVEL / 2, df))
+
+
+def t_interval(estimate: float, se: float, df: float) -> tuple[float, float]:
+    """``estimate ± t(df)·se`` (:func:`t_quantile`); (nan, nan) when ``se`` is not finite."""
+    if not (math.isfinite(estimate) and math.isfinite(se)):
+        return (math.nan, math.nan)
+    h = t_quantile(df) * se
+    return (estimate - h, estimate + h)
 
 
 @dataclass(frozen=True)
 class Slope:
-    """A fitted log-log slope: ``slope ± Z·se`` over ``widths`` with ``n_seeds`` seeds."""
+    """A fitted log-log slope over ``xs`` with ``n_seeds`` seeds; its interval is
+    ``slope ± t(df)·se`` (:func:`t_interval`)."""
 
     slope: float
     se: float
+    df: float
     per_seed: tuple[float, ...]
     xs: tuple[float, ...]
     n_seeds: int
 
     @property
     def interval(self) -> tuple[float, float]:
-        return (self.slope - Z * self.se, self.slope + Z * self.se)
+        return t_interval(self.slope, self.se, self.df)
+
+    def minus(self, other: Slope) -> tuple[float, float, float]:
+        """``(difference, se, df)`` of ``self.slope − other.slope``: the standard errors add
+        in quadrature; the degrees of freedom are the smaller of the two (conservative)."""
+        return self.slope - other.slope, math.hypot(self.se, other.se), min(self.df, other.df)
 
     def as_dict(self) -> dict:
         lo, hi = self.interval
         return {
             "slope": rounded(self.slope),
             "se": rounded(self.se),
+            "df": rounded(self.df),
             "interval": [rounded(lo), rounded(hi)],
             "per_seed": [rounded(s) for s in self.per_seed],
             "x": list(self.xs),
@@ -73,11 +101,13 @@ def rounded(v: float, digits: int = 4) -> float | None:
 def fit_slope(points: Iterable[tuple[Any, float, float]]) -> Slope:
     """Least-squares slope of ``log y`` on ``log x`` from ``(seed, x, y)`` points.
 
-    The slope is the pooled fit over all points. Its standard error is the larger of (a) the
-    spread of per-seed slopes, ``std(ddof=1)/√k`` over the k seeds that have two or more x
-    values, and (b) the pooled fit's own least-squares standard error (needs three points).
-    Non-positive or non-finite y are dropped. With fewer than two distinct x the slope is nan;
-    with no way to estimate the spread the se is nan (every verdict is then inconclusive).
+    Every run (one width, one seed) is an independent initialisation: a seed draws other
+    weights at every width, so seeds are not paired across widths. The slope and its error
+    are therefore the pooled least-squares fit's over all n points, with n − 2 degrees of
+    freedom (a departure from a power law inflates the residuals, so it widens the
+    interval). Each seed's own slope is kept for the record (``per_seed``), not for the
+    interval. Non-positive or non-finite y are dropped. With fewer than two distinct x the
+    slope is nan; with fewer than three points the se is nan (every verdict inconclusive).
     """
     by_seed: dict = defaultdict(list)
     for seed, x, y in points:
@@ -86,34 +116,32 @@ def fit_slope(points: Iterable[tuple[Any, float, float]]) -> Slope:
     pts = [p for ps in by_seed.values() for p in ps]
     xs = sorted({round(math.exp(p[0]), 9) for p in pts})
     if len(xs) < 2:
-        return Slope(float("nan"), float("nan"), (), tuple(xs), len(by_seed))
+        return Slope(math.nan, math.nan, 0, (), tuple(xs), len(by_seed))
     lx, ly = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
     slope, icept = np.polyfit(lx, ly, 1)
-    ses = []
-    n = len(pts)
+    n, se = len(pts), math.nan
     if n >= 3:
         resid = ly - (slope * lx + icept)
         sxx = float(np.sum((lx - lx.mean()) ** 2))
-        ses.append(math.sqrt(float(np.sum(resid**2)) / (n - 2) / sxx))
-    per_seed = []
-    for ps in by_seed.values():
-        if len({p[0] for p in ps}) >= 2:
-            per_seed.append(float(np.polyfit([p[0] for p in ps], [p[1] for p in ps], 1)[0]))
-    if len(per_seed) >= 2:
-        ses.append(float(np.std(per_seed, ddof=1)) / math.sqrt(len(per_seed)))
-    se = max(ses) if ses else float("nan")
+        se = math.sqrt(float(np.sum(resid**2)) / (n - 2) / sxx)
+    per_seed = [
+        float(np.polyfit([p[0] for p in ps], [p[1] for p in ps], 1)[0])
+        for ps in by_seed.values()
+        if len({p[0] for p in ps}) >= 2
+    ]
     xs_out = tuple(int(x) if float(x).is_integer() else x for x in xs)
-    return Slope(float(slope), se, tuple(per_seed), xs_out, len(by_seed))
+    return Slope(float(slope), se, max(n - 2, 0), tuple(per_seed), xs_out, len(by_seed))
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error ``std(ddof=1)/√k`` (se nan for a single value)."""
+def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, its standard error ``std(ddof=1)/√k`` and its k − 1 degrees of freedom (se nan
+    for a single value)."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
     if len(v) == 0:
-        return float("nan"), float("nan")
+        return math.nan, math.nan, 0
     if len(v) == 1:
-        return float(v[0]), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+        return float(v[0]), math.nan, 0
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))), len(v) - 1
 
 
 # --- verdict rules ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def compose_cfg(overrides):
         return compose("train", overrides=overrides)
 
 
-def test_every_preset_opens_with_command_runtime_and_headline():
+def test_every_preset_opens_with_a_command_and_no_hand_copied_numbers():
     assert set(PRESETS) >= {"width_init", "training", "spectra", "regression", "cost"}
     for name in PRESETS:
         head = (
@@ -34,8 +34,10 @@ def test_every_preset_opens_with_command_runtime_and_headline():
             .splitlines()[:12]
         )
         text = "\n".join(head)
-        for word in ("Command:", "Runtime:", "Headline:"):
-            assert word in text, f"{name}.yaml header lacks {word}"
+        assert "Command:" in text, f"{name}.yaml header lacks Command:"
+        # numbers belong to runs: a measured runtime or result in a header goes stale
+        for word in ("Runtime:", "Headline:", "Expected:"):
+            assert word not in text, f"{name}.yaml header has a hand-copied {word}"
 
 
 @pytest.fixture(scope="module")
