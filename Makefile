@@ -47,6 +47,11 @@ format: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff format $(LINTED)
 
 RUN := $(PY) experiments/train.py -m
+# The runs of a sweep share compiled kernels through JAX's persistent cache (the seeds of a
+# width have the same shapes): kept under results/ between reproductions.
+STUDY := reproduce fig-width fig-cnn-standard fig-float32 fig-training fig-linearized \
+	fig-spectra fig-regression fig-cost reproduce-paper
+$(STUDY): export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/results/jax_cache
 # Runs that time nothing (quality metrics only) go JOBS at a time through the joblib launcher;
 # the cost runs, which time kernels, run one at a time with nothing beside them.
 JOBS ?= 2
@@ -56,17 +61,21 @@ MLP_WIDTHS := 2048,1024,256,64
 CNN_WIDTHS := 128,64,32,16
 RESNET_WIDTHS := 64,32,8
 RESNET_SHARES := 16
+RESNET_SEEDS := 0,1
 # Width sweeps on mnist5k (28x28 real digits): quality metrics only (warm timing is the cost
 # presets' job), three seeds per width. Widest first, so the longest jobs start first and the
 # two job slots finish together.
-WIDTH := experiment=width_init logger=wandb kernel.timing_repeats=0 seed=$(SEEDS)
+WIDTH := experiment=width_init logger=wandb kernel.timing_repeats=0
 # The CNN at 28x28: N = M = 50 kernel points, kernels in blocks of 50 points (memory).
 CNN := model=cnn kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=50
 # ResNet-18 in the paper's regime: BatchNorm (frozen in eval mode for kernels), 28x28 inputs,
 # readout width 8·width (512 at width 64, the standard ResNet-18); N = M = 20 kernel points,
-# kernels in blocks of 20 points (memory at width 64). The per-layer diagnosis
+# kernels in blocks of 20 points (memory at width 64), two seeds. Float32 kernels: at N = 20
+# the condition numbers are small enough (summary.json: cond_entk) that float64 changes no
+# reported digit, and it costs 3x the time at width 64. The per-layer diagnosis
 # (kernel.layer_shares, a float32 Jacobian) at width RESNET_SHARES, where it fits in memory.
-RESNET := model=resnet18 kernel.n_per_class=2 kernel.n_test_per_class=2 kernel.batch_size=20
+RESNET := model=resnet18 kernel.n_per_class=2 kernel.n_test_per_class=2 kernel.batch_size=20 \
+	kernel.dtype=float32
 # The paper's timing figure in small: eNTK and pNTK per computation on N = 70 inputs (the
 # contraction matters), float32, O growing on a wider readout. ResNet O stops at 20: at
 # O = 200 its eNTK is ~10^14 FLOPs at this N, out of the CPU budget (the C7 report says so).
@@ -80,27 +89,31 @@ reproduce: $(STAMP) ## The whole CPU-scale reproduction on mnist5k -> results/ (
 	echo "make reproduce: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s of runs and report on $$(nproc) cores (load average $$(cut -d' ' -f1-3 /proc/loadavg) at the end), $$(date -u +%Y-%m-%d)" | tee results/reproduce_time.txt
 
 fig-width: $(STAMP) ## (a) C1-C5 at init across widths: MLP and CNN in both parameterisations, ResNet-18
-	$(PAR) $(WIDTH) $(RESNET) model.width=$(RESNET_WIDTHS)
-	$(PAR) $(WIDTH) $(RESNET) model.width=$(RESNET_SHARES) kernel.layer_shares=true
-	$(PAR) $(WIDTH) $(CNN) model.width=$(CNN_WIDTHS)
-	$(PAR) $(WIDTH) $(CNN) model.width=$(CNN_WIDTHS) model.parameterization=standard
-	$(PAR) $(WIDTH) model=mlp model.width=$(MLP_WIDTHS) kernel.compare_float32=true
-	$(PAR) $(WIDTH) model=mlp model.width=$(MLP_WIDTHS) model.parameterization=standard
+	$(PAR) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_WIDTHS)
+	$(PAR) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_SHARES) \
+	    kernel.layer_shares=true
+	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS)
+	$(PAR) $(WIDTH) model=mlp seed=$(SEEDS) model.width=$(MLP_WIDTHS) kernel.compare_float32=true
+	$(PAR) $(WIDTH) model=mlp seed=$(SEEDS) model.width=$(MLP_WIDTHS) \
+	    model.parameterization=standard
+
+fig-cnn-standard: $(STAMP) ## The CNN width sweep in standard parameterisation (not in reproduce)
+	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS) model.parameterization=standard
 
 fig-float32: $(STAMP) ## The CNN width sweep again with float32 kernels beside float64 (not in reproduce)
-	$(PAR) $(WIDTH) $(CNN) model.width=$(CNN_WIDTHS) kernel.compare_float32=true
+	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS) kernel.compare_float32=true
 
 fig-training: $(STAMP) ## (b) C6: the approximation over training (the paper's SGD recipe), at checkpoints
-	$(PAR) experiment=training logger=wandb model=mlp model.width=1024,128 seed=$(SEEDS) \
+	$(PAR) experiment=training logger=wandb model=mlp seed=$(SEEDS) model.width=1024,128 \
 	    kernel.timing_repeats=0
-	$(PAR) experiment=training logger=wandb $(CNN) model.width=64,16 seed=$(SEEDS) \
+	$(PAR) experiment=training logger=wandb $(CNN) seed=$(SEEDS) model.width=64,16 \
 	    trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] kernel.timing_repeats=0
-	$(PAR) experiment=training logger=wandb $(RESNET) model.width=16,8 seed=$(SEEDS) \
+	$(PAR) experiment=training logger=wandb $(RESNET) seed=$(RESNET_SEEDS) model.width=16,8 \
 	    data.n_train=1000 trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] \
 	    kernel.timing_repeats=0
 
 fig-linearized: $(STAMP) ## (f) the MSE-trained network against its linearisation (eNTK, pNTK)
-	$(PAR) experiment=linearized logger=wandb model=mlp model.width=2048,512,128 seed=$(SEEDS) \
+	$(PAR) experiment=linearized logger=wandb model=mlp seed=$(SEEDS) model.width=2048,512,128 \
 	    kernel.timing_repeats=0
 
 fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I with more points (N = 300)
@@ -139,7 +152,7 @@ bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots i
 	$(PY) benchmarks/approximation_report.py results/bench --case small
 
 .PHONY: bench-approx-large
-bench-approx-large: $(STAMP) ## The whole approximation report at N=2,000 (CNN, mnist5k, block-wise; ~1 h on 2 cores)
+bench-approx-large: $(STAMP) ## approximation_report at N=2,000 (CNN, mnist5k, block-wise; hours on 2 cores: Lanczos)
 	$(PY) benchmarks/approximation_report.py results/bench --case large --n 2000
 
 bench-scale: $(STAMP) ## Streamed pNTK N=20k/50k and eNTK N=2k to disk (needs ~12 GB free under /tmp)

@@ -387,3 +387,49 @@ def test_readme_results_section_is_generated(tmp_path):
     text = readme.read_text()
     assert "old hand-made row" not in text and text.startswith("intro") and "tail" in text
     assert "| C1 | MLP, NTK param. |" in text and c1["verdict"] in text
+
+
+def test_ridge_arms_relative_is_scale_free_absolute_is_not():
+    """C5's two arms on Θ = A⊗I exactly, with the pNTK scaled by c: ridgeless and relative
+    ridge predictions ignore c; an absolute ridge (one λ for both kernels) does not."""
+    from ntk_repro.analysis import _regression
+
+    rng = np.random.default_rng(0)
+    n, m, o, d = 12, 5, 3, 20
+    x, xs = rng.normal(size=(n, d)), rng.normal(size=(m, d))
+    a, a_st = x @ x.T / d, xs @ x.T / d
+    eye = np.eye(o)
+    theta, theta_st = a[:, :, None, None] * eye, a_st[:, :, None, None] * eye
+    y = np.eye(o)[rng.integers(0, o, n)]
+    y_te = rng.integers(0, o, m)
+    for c in (1.0, 3.0):
+        s: dict = {}
+        _regression(theta, theta_st, c * a, c * a_st, y, y_te, (0.0, 0.1), s)
+        assert s["pntk_diag_scale"] == pytest.approx(c)
+        assert s["kr_pred_rel_diff@ridge=0"] == pytest.approx(0.0, abs=1e-10)
+        assert s["kr_pred_rel_diff@ridge=0.1"] == pytest.approx(0.0, abs=1e-10)
+        if c == 1.0:
+            assert s["kr_pred_rel_diff@abs_ridge=0.1"] == pytest.approx(0.0, abs=1e-10)
+        else:  # λ = 0.1·mean diag Θ on a kernel 3x larger: a smaller effective ridge
+            assert s["kr_pred_rel_diff@abs_ridge=0.1"] > 1e-3
+
+
+def test_cost_rows_carry_the_flop_model_of_the_implementation_that_ran():
+    import jax
+
+    from ntk.kernels.estimates import implementation_estimates
+    from ntk_repro.analysis import EvalSet, kernel_metrics
+    from ntk_repro.models import build_model, init_model, kernel_model
+
+    model = build_model("mlp", num_classes=4, num_outputs=8, width=16, depth=2)
+    apply_fn, params, state = kernel_model(model, init_model(model, jax.random.key(0), (5,)))
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    ev = EvalSet(x, np.arange(6) % 4, x[:2], np.arange(2), 4)
+    s = kernel_metrics(apply_fn, params, ev, measure="cost", dtype="float32").scalars
+    assert s["num_outputs"] == 8 and s["backend"] == jax.default_backend()
+    for kind, k in (("entk", 8), ("pntk", 1)):
+        est = implementation_estimates(
+            lambda p, a: apply_fn(p, a, **state), params, x, None, k, False
+        )
+        assert s[f"flops_{kind}"] == est[s[f"implementation_{kind}"]][0] > 0
+    assert s["flops_entk"] > s["flops_pntk"]
