@@ -26,8 +26,8 @@ Every approximation kind is compared with the full eNTK Θ on the user's points:
 Two ways to compute, same definitions:
 
 * **in memory** (``path=None``): the kernels of ``Z = X ∪ X*`` in one call per kind, exact
-  eigenvalues, direct solves. If that would exceed the memory budget, a ``ValueError``
-  asks for ``path``.
+  eigenvalues, direct solves (one ``eigh`` per kernel serves its spectrum and every ridge).
+  If that would exceed the memory budget, a ``ValueError`` asks for ``path``.
 * **stored** (``path=DIR``): every kernel is computed block by block into a chunked store
   (:func:`ntk.store_kernel`) under ``DIR/kernels/``; the NO × NO eNTK is never in memory.
   Frobenius terms accumulate over blocks (``‖Θ − Ã‖²_F = Σ_blocks``, off-diagonal blocks of
@@ -745,12 +745,45 @@ def _regressions(ctx: _Context, solve: Callable[[str, float], np.ndarray | None]
 # --- in memory --------------------------------------------------------------------------------
 
 
+def _sym_eig(name: str, m: np.ndarray, vectors: bool):
+    """``(eigenvalues, solver)`` of a symmetric PSD kernel matrix ``m``: ascending
+    eigenvalues as :func:`ntk.metrics._spectrum` gives them (round-off negatives set to 0; a
+    matrix that is not PSD beyond round-off, or not symmetric, raises) and, with
+    ``vectors``, ``solver(k_st, y, ridge) -> (k_st (M + ridge·mean(diag M)·I)⁻¹ y, singular)``
+    from the same decomposition: a ridge shifts the eigenvalues only, so one ``eigh`` serves
+    the spectrum and every ridge (the solve of :func:`ntk.kernel_regression`: the same
+    symmetrisation, relative ridge and minimum-norm least-squares cutoff)."""
+    if not vectors:
+        return _spectrum(name, m, None)[0], None
+    asym = np.linalg.norm(m - m.T) / max(np.linalg.norm(m), np.finfo(np.float64).tiny)
+    if asym > 1e-5:
+        raise ValueError(f"{name}: not symmetric (relative asymmetry {asym:.2e})")
+    a = 0.5 * (m + m.T)
+    eig, vec = np.linalg.eigh(a)
+    tol = m.shape[0] * 1e-6 * max(abs(eig[-1]), abs(eig[0]))
+    if eig[0] < -tol:
+        raise ValueError(f"{name}: eigenvalue {eig[0]:.3e} is below -{tol:.1e}; not PSD")
+    mean_diag = float(np.mean(np.diag(a)))
+
+    def solver(k_st: np.ndarray, y: np.ndarray, ridge: float):
+        e = eig + ridge * mean_diag
+        lam_max = float(np.max(np.abs(e)))
+        cutoff = len(e) * np.finfo(np.float64).eps * lam_max
+        keep = e > cutoff
+        inv = np.where(keep, 1.0 / np.where(keep, e, 1.0), 0.0)
+        return k_st @ (vec @ (inv[:, None] * (vec.T @ y))), lam_max == 0.0 or e[0] <= cutoff
+
+    return np.maximum(eig, 0.0), solver
+
+
 def _in_memory(ctx: _Context) -> dict:
-    n, o = ctx.n, ctx.o
+    n, m, o = ctx.n, ctx.m, ctx.o
     z = ctx.x
-    if ctx.m:
+    if m:
         z = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ctx.x, ctx.x_test)
-    kernels, raw = {}, {"kinds": {}, "spectra": {}, "notes": [], "cost_shape": (n + ctx.m,) * 2}
+    vectors = ctx.y is not None  # eigenvectors only for the regressions
+    kernels, solvers = {}, {}
+    raw = {"kinds": {}, "spectra": {}, "notes": [], "cost_shape": (n + m,) * 2}
     for name in ("entk", *ctx.kinds):
         opts = ctx.options.get(name, {})
         fn = _kernel_fn(ctx.apply_fn, name, opts, ctx.memory_budget)
@@ -758,35 +791,45 @@ def _in_memory(ctx: _Context) -> dict:
         k = np.asarray(k, np.float64)
         kernels[name] = (k[:n, :n], k[n:, :n])
         cost = {"warm_seconds": warm, "compiled_bytes": nbytes, "implementation": impl}
+        k_tt = kernels[name][0]
         if name == "entk":
-            k_tt = kernels[name][0]
-            eig, _ = _spectrum("entk", k_tt.transpose(0, 2, 1, 3).reshape(n * o, n * o), None)
+            flat = k_tt.transpose(0, 2, 1, 3).reshape(n * o, n * o)
+            eig, solvers[name] = _sym_eig("entk", flat, vectors)
             raw["entk"] = {**cost, "trace": float(np.einsum("nnoo->", k_tt))}
         else:
-            a_tt = kernels[name][0]
-            if a_tt.ndim == 2:
-                eig = np.repeat(_spectrum(name, a_tt, None)[0], o)
+            if k_tt.ndim == 2:
+                eig, solvers[name] = _sym_eig(name, k_tt, vectors)
+                eig = np.repeat(eig, o)
             else:
-                parts = [_spectrum(f"{name}[..., {q}]", a_tt[:, :, q], None)[0] for q in range(o)]
-                eig = np.sort(np.concatenate(parts))
-            frob = relative_frobenius_error(kernels["entk"][0], a_tt)
-            raw["kinds"][name] = {**cost, "relative_frobenius_error": frob, "ndim": a_tt.ndim}
+                parts = [_sym_eig(f"{name}[..., {q}]", k_tt[:, :, q], vectors) for q in range(o)]
+                eig = np.sort(np.concatenate([p[0] for p in parts]))
+                solvers[name] = [p[1] for p in parts]
+            frob = relative_frobenius_error(kernels["entk"][0], k_tt)
+            raw["kinds"][name] = {**cost, "relative_frobenius_error": frob, "ndim": k_tt.ndim}
         target = raw["entk"] if name == "entk" else raw["kinds"][name]
         target.update(lambda_max=float(eig[-1]), lambda_min=float(eig[0]))
         raw["spectra"][name] = eig.tolist()
 
     def solve(name, r):
         k_tt, k_st = kernels[name]
-        if k_tt.ndim != 3:
-            return kernel_regression(k_tt, k_st, ctx.y, ridge=r)
-        # one N × N system per output; the ridge relative to the whole NO × NO diagonal
-        d_NO = np.einsum("nnq->nq", k_tt)
-        pred = np.empty((ctx.m, o))
-        for q in range(o):
-            scale = np.mean(d_NO) / np.mean(d_NO[:, q]) if np.mean(d_NO[:, q]) > 0 else 1.0
-            pred[:, q] = kernel_regression(
-                k_tt[:, :, q], k_st[:, :, q], ctx.y[:, q : q + 1], ridge=r * scale
-            )[:, 0]
+        if name == "entk":
+            k_st = k_st.transpose(0, 2, 1, 3).reshape(m * o, n * o)
+            pred, singular = solvers[name](k_st, ctx.y.reshape(-1, 1), r)
+            pred = pred.reshape(m, o)
+        elif k_tt.ndim == 2:
+            pred, singular = solvers[name](k_st, ctx.y, r)
+        else:  # one N × N system per output; the ridge relative to the NO × NO diagonal
+            d_NO = np.einsum("nnq->nq", k_tt)
+            pred, singular = np.empty((m, o)), False
+            for q in range(o):
+                scale = np.mean(d_NO) / np.mean(d_NO[:, q]) if np.mean(d_NO[:, q]) > 0 else 1.0
+                p_q, s_q = solvers[name][q](k_st[:, :, q], ctx.y[:, q : q + 1], r * scale)
+                pred[:, q], singular = p_q[:, 0], singular or s_q
+        if singular:
+            raw["notes"].append(
+                f"{name}, ridge {r:g}: singular to working precision; minimum-norm "
+                "least-squares solution"
+            )
         return pred
 
     raw["preds"] = _regressions(ctx, solve)

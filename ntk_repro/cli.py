@@ -1,5 +1,6 @@
 """Command-line entry points of the study (console scripts ``ntk-train``, ``ntk-report``,
-``ntk-recompute``, ``ntk-bench``; ``experiments/*.py`` call the same functions).
+``ntk-recompute``, ``ntk-bench``, ``ntk-approximation-report``; ``experiments/*.py`` call
+the same functions).
 
 Each is a Hydra application over the configs in ``ntk_repro/conf``, so every override and
 sweep of the README works the same way from a checkout or an installed package.
@@ -59,3 +60,14 @@ def bench(cfg: DictConfig) -> None:
 
     result = run_suite(cfg.out_dir, quick=cfg.quick, repeats=cfg.repeats, timeout=cfg.timeout_s)
     print(markdown(result))
+
+
+@hydra.main(config_name="approximation_report", **_CONF)
+def approximation_report(cfg: DictConfig) -> None:
+    """``ntk.approximation_report`` at the saved checkpoints of ``run_dir`` ->
+    ``run_dir/approximation_report_epoch<E>.json`` (and the tables, printed)."""
+    from omegaconf import OmegaConf
+
+    from ntk_repro.approximation_cli import main
+
+    main(OmegaConf.to_container(cfg, resolve=True))

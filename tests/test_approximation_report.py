@@ -409,3 +409,109 @@ def test_plot_draws_one_figure():
     rep = ntk.approximation_report(f, params, x, kinds=["pntk", "trace"], timing_repeats=1)
     fig = rep.plot()
     assert len(fig.axes) == 3
+
+
+# --- the study's models through the Hydra entry (experiments/approximation_report.py) ----------
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    """A tiny digits MLP trained for one epoch with kernels at epochs 0 and 1 (N = 20)."""
+    from test_experiment import compose_cfg
+
+    from ntk_repro import experiment
+
+    cfg = compose_cfg(
+        [
+            "kernel=default",
+            "debug=smoke",
+            "model.width=32",
+            "trainer.epochs=1",
+            "trainer.checkpoint_epochs=[0,1]",
+            "kernel.timing_repeats=0",
+        ]
+    )
+    run_dir = tmp_path_factory.mktemp("study") / "run"
+    experiment.run(cfg, run_dir)
+    return run_dir
+
+
+def _entry_cfg(overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from test_experiment import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("approximation_report", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_study_entry_reports_the_numbers_the_study_recorded(study_run, capsys):
+    from ntk_repro.approximation_cli import main, report_path
+
+    logged = {
+        r["epoch"]: r
+        for r in map(json.loads, (study_run / "metrics.jsonl").read_text().splitlines())
+        if "relative_frobenius_error" in r
+    }
+    assert sorted(logged) == [0, 1]
+    cfg = _entry_cfg([f"run_dir={study_run}", "kinds=[pntk,trace]"])
+    results = main(cfg)  # every saved checkpoint: epochs 0 and 1, one model function for both
+    assert [r["epoch"] for r in results] == [0, 1]
+    text = capsys.readouterr().out
+    for epoch, study in logged.items():
+        report = ntk.ApproximationReport.from_json(report_path(study_run, epoch))
+        assert (report.n, report.n_test, report.o) == (study["n"], study["n_test"], 10)
+        pntk = report.kinds["pntk"]
+        np.testing.assert_allclose(
+            pntk.relative_frobenius_error, study["relative_frobenius_error"], rtol=1e-9
+        )
+        np.testing.assert_allclose(
+            pntk.lambda_max_rel_error, study["lambda_max_rel_error"], rtol=1e-6
+        )
+        np.testing.assert_allclose(report.entk["cond"], study["cond_entk"], rtol=1e-6)
+        ridgeless = pntk.regression["ridge=0"]
+        np.testing.assert_allclose(ridgeless["pred_rel_diff"], study["kr_pred_rel_diff"], rtol=1e-6)
+        assert report.entk["regression"]["ridge=0"]["accuracy"] == study["kr_acc_entk"]
+        assert ridgeless["accuracy"] == study["kr_acc_pntk"]
+        assert f"epoch {epoch} (step {study['step']})" in text
+    assert text.count("approximation report (in memory)") == 2
+    # training moved the parameters: the two checkpoints' numbers differ
+    errors = [r["report"].kinds["pntk"].relative_frobenius_error for r in results]
+    assert errors[0] != errors[1]
+
+
+def test_study_entry_other_points_and_bad_epochs(study_run):
+    from ntk_repro.approximation_cli import report_run
+
+    out = report_run(study_run, epochs=[0], n_per_class=1, kinds=["pntk"], progress=False)
+    assert (
+        len(out) == 1
+        and out[0]["epoch"] == 0
+        and out[0]["report"].n == 10
+        and out[0]["path"].name == "approximation_report_epoch0.json"
+    )
+    with pytest.raises(ValueError, match=r"epochs: \[7\] not saved"):
+        report_run(study_run, epochs=[7])
+    with pytest.raises(FileNotFoundError, match="run_dir"):
+        report_run(study_run.parent / "nowhere")
+
+
+@pytest.mark.slow
+def test_study_entry_script_sweeps_over_runs(study_run, tmp_path):
+    """``experiments/approximation_report.py -m run_dir=A,B``: one report per run."""
+    import shutil
+    from pathlib import Path
+
+    other = tmp_path / "copy"
+    shutil.copytree(study_run, other, ignore=shutil.ignore_patterns("approximation_report_*"))
+    script = Path(__file__).resolve().parents[1] / "experiments" / "approximation_report.py"
+    cmd = [sys.executable, str(script), "-m", f"run_dir={study_run},{other}", "epochs=[0]"]
+    cmd += ["kinds=[pntk]", "progress=false"]
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in (study_run, other):
+        report = ntk.ApproximationReport.from_json(run / "approximation_report_epoch0.json")
+        assert set(report.kinds) == {"pntk"}
+    assert done.stdout.count("approximation report (in memory)") == 2

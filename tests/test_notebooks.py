@@ -51,6 +51,7 @@ EXPECTED = {
     "04_is_pntk_good_enough.ipynb": [
         r"^wide 8 \d+\.\d+ readout width 8$",
         r"^bottleneck 32 \d+\.\d+ readout width 4$",
+        r"^pNTK error at width 32: wide readout \d+\.\d+ < bottleneck readout \d+\.\d+$",
         r"^attention readout width 8 pNTK error \d+\.\d+",
         r"approximation report \(in memory\): N=6 points, 6 test, O=10",
     ],
