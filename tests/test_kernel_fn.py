@@ -488,3 +488,27 @@ def test_auto_compiles_exactly_the_implementation_it_chose(name, kind):
     assert program("auto") == program(chosen)
     others = [i for i in IMPLS if i not in ("auto", chosen)]
     assert all(program(i) != program(chosen) for i in others)  # the comparison can fail
+
+
+def test_blocked_kernels_choose_the_implementation_for_a_block():
+    """With batch_size, auto chooses for the block that is computed, not for all N at once: a
+    budget that the structured eNTK of N points exceeds but one of its blocks fits."""
+    from ntk.kernels.estimates import implementation_estimates
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(6, 32)), rng.normal(size=(32, 4))
+    params = {"w1": jnp.asarray(w1, jnp.float32), "w2": jnp.asarray(w2, jnp.float32)}
+
+    def f(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    x = jnp.asarray(rng.normal(size=(64, 6)), jnp.float32)
+    full = implementation_estimates(f, params, x, None, 4, False)["structured"][1]
+    part = implementation_estimates(f, params, x[:8], None, 4, False)["structured"][1]
+    assert part < full
+    budget = (part + full) / 2
+    whole = ntk.kernel_fn(f, kind="entk", memory_budget=budget)
+    blocks = ntk.kernel_fn(f, kind="entk", memory_budget=budget, batch_size=8)
+    assert whole.prepared(params, x, None, {})[0].implementation != "structured"
+    assert blocks.prepared(params, x, None, {})[0].implementation == "structured"
+    np.testing.assert_allclose(blocks(params, x), whole(params, x), rtol=2e-4, atol=1e-4)

@@ -41,6 +41,7 @@ from ntk.kernels.model import (
     Signature,
     is_array,
     split_kwargs,
+    take,
     tree_spec,
     weak_callable,
 )
@@ -123,11 +124,15 @@ class KernelFn:
                 if any(is_array(v) for v in options.values()):  # a new key, same shapes
                     hit = replace(hit, proj_KO=projection(hit.kind, hit.o, hit.dtype, options))
                 return hit, dynamic, static
+        c1, c2 = x1, x2
+        if self.batch_size is not None:  # computed in blocks: choose for a block's size
+            c1 = take(x1, 0, self.batch_size)
+            c2 = None if x2 is None else take(x2, 0, self.batch_size)
         prep = prepare(
             model,
             params,
-            x1,
-            x2,
+            c1,
+            c2,
             kind=self.kind,
             implementation=self.implementation,
             kind_options=options,
