@@ -49,7 +49,7 @@ format: $(STAMP) ## Format the code with ruff
 RUN := $(PY) experiments/train.py -m
 # The runs of a sweep share compiled kernels through JAX's persistent cache (the seeds of a
 # width have the same shapes): kept under results/ between reproductions.
-STUDY := reproduce fig-width fig-cnn-standard fig-float32 fig-training fig-linearized \
+STUDY := reproduce fig-width fig-standard fig-float32 fig-training fig-linearized \
 	fig-spectra fig-regression fig-cost reproduce-paper
 $(STUDY): export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/results/jax_cache
 # Runs that time nothing (quality metrics only) go JOBS at a time through the joblib launcher;
@@ -90,17 +90,17 @@ reproduce: $(STAMP) ## The whole CPU-scale reproduction on mnist5k -> results/ (
 	$(MAKE) --no-print-directory report && \
 	echo "make reproduce: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s of runs and report on $$(nproc) cores (load average $$(cut -d' ' -f1-3 /proc/loadavg) at the end), $$(date -u +%Y-%m-%d)" | tee results/reproduce_time.txt
 
-fig-width: $(STAMP) ## (a) C1-C5 at init across widths: MLP and CNN in both parameterisations, ResNet-18
+fig-width: $(STAMP) ## (a) C1-C5 at init across widths: ResNet-18, CNN, MLP (and its float32 kernels)
 	$(RUN) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_WIDEST)
 	$(PAR) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_WIDTHS)
 	$(PAR) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_SHARES) \
 	    kernel.layer_shares=true
 	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS)
 	$(PAR) $(WIDTH) model=mlp seed=$(SEEDS) model.width=$(MLP_WIDTHS) kernel.compare_float32=true
+
+fig-standard: $(STAMP) ## The MLP and CNN width sweeps in standard parameterisation (not in reproduce)
 	$(PAR) $(WIDTH) model=mlp seed=$(SEEDS) model.width=$(MLP_WIDTHS) \
 	    model.parameterization=standard
-
-fig-cnn-standard: $(STAMP) ## The CNN width sweep in standard parameterisation (not in reproduce)
 	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS) model.parameterization=standard
 
 fig-float32: $(STAMP) ## The CNN width sweep again with float32 kernels beside float64 (not in reproduce)
@@ -110,7 +110,8 @@ fig-training: $(STAMP) ## (b) C6: the approximation over training (the paper's S
 	$(PAR) experiment=training logger=wandb model=mlp seed=$(SEEDS) model.width=1024,128 \
 	    kernel.timing_repeats=0
 	$(PAR) experiment=training logger=wandb $(CNN) seed=$(SEEDS) model.width=64,16 \
-	    trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] kernel.timing_repeats=0
+	    data.n_train=1000 trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] \
+	    kernel.timing_repeats=0
 	$(PAR) experiment=training logger=wandb $(RESNET) seed=$(RESNET_SEEDS) model.width=16,8 \
 	    data.n_train=1000 trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] \
 	    kernel.timing_repeats=0
@@ -126,12 +127,12 @@ fig-regression: $(STAMP) ## (d) kernel regression with more points (N = 200); ev
 	$(PAR) experiment=regression logger=wandb model=mlp model.width=64,256,1024
 
 fig-cost: $(STAMP) ## (e) C7: time and memory of eNTK vs pNTK as width, depth and O grow
-	$(RUN) experiment=cost logger=wandb model=mlp model.width=256,1024,4096 model.depth=2,4
-	$(RUN) $(COST_O) logger=wandb model=mlp model.width=512 model.num_outputs=10,100,200
+	$(RUN) experiment=cost logger=wandb model=mlp model.width=256,1024,4096
+	$(RUN) $(COST_O) logger=wandb model=mlp model.width=512 model.num_outputs=10,20,50,100,200
 	$(RUN) $(COST_O) logger=wandb model=cnn model.width=32 data.image_size=16 \
-	    model.num_outputs=10,30,60
+	    model.num_outputs=10,20,30,45,60
 	$(RUN) $(COST_O) logger=wandb model=resnet18 model.width=16 data.image_size=16 \
-	    model.num_outputs=5,10,20
+	    model.num_outputs=5,10,15,20
 
 report: $(STAMP) ## Gather results/runs into results/summary.json (claims C1-C7), figures and report.md
 	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
