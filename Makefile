@@ -126,7 +126,7 @@ fig-spectra: $(STAMP) ## (c) eigenspectra of eNTK and pNTK x I with more points 
 fig-regression: $(STAMP) ## (d) kernel regression with more points (N = 200); every run has all ridges
 	$(PAR) experiment=regression logger=wandb model=mlp model.width=64,256,1024
 
-fig-cost: $(STAMP) ## (e) C7: time and memory of eNTK vs pNTK as width, depth and O grow
+fig-cost: $(STAMP) ## (e) C7: time and memory of eNTK vs pNTK as width and O grow (N = 70 for the O sweeps)
 	$(RUN) experiment=cost logger=wandb model=mlp model.width=256,1024,4096
 	$(RUN) $(COST_O) logger=wandb model=mlp model.width=512 model.num_outputs=10,20,50,100,200
 	$(RUN) $(COST_O) logger=wandb model=cnn model.width=32 data.image_size=16 \
