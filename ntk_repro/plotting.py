@@ -185,7 +185,8 @@ def eigen_vs_width(rows, path) -> str:
 def regression_vs_width(rows, ridges: Sequence[float] | None, path) -> str:
     """C4/C5: relative difference of eNTK and pNTK kernel-regression predictions vs width, one
     panel per architecture, one line per ridge the runs used (``ridges``: a subset of those to
-    show; every one of them must be in the runs)."""
+    show; every one of them must be in the runs): solid for the ridge relative to each
+    kernel's scale, dotted for the absolute ridge (one λ for both) where the runs have it."""
     used = ridges_of(rows)
     ridges = used if not ridges else [float(r) for r in ridges]
     missing = sorted(set(ridges) - set(used))
@@ -215,8 +216,22 @@ def regression_vs_width(rows, ridges: Sequence[float] | None, path) -> str:
                 label=f"ridge {ridge:g}: slope {s.slope:.2f}",
                 lw=2.5 if ridge == 0 else 1.2,
             )
+            absolute = by_arm(rows, f"kr_pred_rel_diff@abs_ridge={ridge:g}")
+            if ridge > 0 and arm in absolute:  # the same λ for both kernels (C5's second arm)
+                ws, mu, sd, pts = absolute[arm]
+                _series(
+                    ax,
+                    ws,
+                    mu,
+                    sd,
+                    color=cmap(i / max(len(ridges) - 1, 1)),
+                    label=f"absolute {ridge:g}: slope {fit_slope(pts).slope:.2f}",
+                    lw=1.0,
+                    ls=":",
+                    marker="x",
+                )
         _loglog(ax, "width", "‖pred_pNTK − pred_eNTK‖ / ‖pred_eNTK‖", arm_label(arm))
-        ax.legend(fontsize=7, title="relative ridge", title_fontsize=7)
+        ax.legend(fontsize=6, title="ridge: relative (—), absolute (⋯)", title_fontsize=7)
     fig.suptitle("C4/C5: kernel-regression predictions, pNTK vs eNTK, by ridge", y=1.0)
     return _save(fig, path)
 
