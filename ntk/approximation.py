@@ -61,6 +61,7 @@ from ntk.implicit import extreme_eigenvalues
 from ntk.kernels import _checks
 from ntk.kernels.api import KINDS, KernelFn, default_memory_budget
 from ntk.kernels.implementations import sub_jaxprs
+from ntk.kernels.kinds import check_kind_options
 from ntk.kernels.model import (
     LIFETIMES,
     Model,
@@ -325,13 +326,7 @@ def _check_kinds(kinds: Any, kind_options: Any) -> tuple[tuple[str, ...], dict]:
     out = {}
     for k in kinds:
         opts = dict(options.get(k, {}))
-        allowed = KINDS[k].options
-        bad = sorted(set(opts) - set(allowed))
-        if bad:
-            raise ValueError(
-                f"kind_options[{k!r}]: {bad} are not options of it; it takes "
-                f"{list(allowed) or 'none'}"
-            )
+        check_kind_options(k, opts)
         if k == "random_projection":
             opts.setdefault("key", jax.random.key(0))
         out[k] = opts

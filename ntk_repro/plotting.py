@@ -205,31 +205,15 @@ def regression_vs_width(rows, ridges: Sequence[float] | None, path) -> str:
             series = by_arm(rows, f"kr_pred_rel_diff@ridge={ridge:g}")
             if arm not in series:
                 raise ValueError(f"plot: ridge {ridge:g} has no points for {arm_label(arm)}")
-            ws, mu, sd, pts = series[arm]
-            s = fit_slope(pts)
-            _series(
-                ax,
-                ws,
-                mu,
-                sd,
-                color=cmap(i / max(len(ridges) - 1, 1)),
-                label=f"ridge {ridge:g}: slope {s.slope:.2f}",
-                lw=2.5 if ridge == 0 else 1.2,
-            )
+            # relative ridge (solid); absolute ridge, one λ for both kernels (C5's second arm)
+            lines = [("ridge", series[arm], {"lw": 2.5 if ridge == 0 else 1.2})]
             absolute = by_arm(rows, f"kr_pred_rel_diff@abs_ridge={ridge:g}")
-            if ridge > 0 and arm in absolute:  # the same λ for both kernels (C5's second arm)
-                ws, mu, sd, pts = absolute[arm]
-                _series(
-                    ax,
-                    ws,
-                    mu,
-                    sd,
-                    color=cmap(i / max(len(ridges) - 1, 1)),
-                    label=f"absolute {ridge:g}: slope {fit_slope(pts).slope:.2f}",
-                    lw=1.0,
-                    ls=":",
-                    marker="x",
-                )
+            if ridge > 0 and arm in absolute:
+                lines.append(("absolute", absolute[arm], {"lw": 1.0, "ls": ":", "marker": "x"}))
+            for name, (ws, mu, sd, pts), style in lines:
+                label = f"{name} {ridge:g}: slope {fit_slope(pts).slope:.2f}"
+                color = cmap(i / max(len(ridges) - 1, 1))
+                _series(ax, ws, mu, sd, color=color, label=label, **style)
         _loglog(ax, "width", "‖pred_pNTK − pred_eNTK‖ / ‖pred_eNTK‖", arm_label(arm))
         ax.legend(fontsize=6, title="ridge: relative (—), absolute (⋯)", title_fontsize=7)
     fig.suptitle("C4/C5: kernel-regression predictions, pNTK vs eNTK, by ridge", y=1.0)
