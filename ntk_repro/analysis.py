@@ -254,8 +254,8 @@ F32_COMPARED = (
 
 def _cost(apply_fn, params, x, kw, implementation, batch_size, repeats) -> dict:
     """Warm time (compile apart) and compiled memory of the eNTK and the pNTK on ``x``; the
-    kernels themselves as ``_entk`` / ``_pntk``. ``repeats=0``: no warm timing and no memory
-    analysis (times and bytes None; the first call's time is kept)."""
+    kernels themselves as ``_entk`` / ``_pntk``. ``repeats=0``: no warm timing, no memory
+    analysis and no FLOP model (times and bytes None; the first call's time is kept)."""
     s: dict[str, Any] = {"n_cost": int(len(x))}
     for kind in ("entk", "pntk"):
         kfn = _kernel_fn(apply_fn, kind, implementation, batch_size)
@@ -267,10 +267,14 @@ def _cost(apply_fn, params, x, kw, implementation, batch_size, repeats) -> dict:
             warm, first, lo, hi = None, time.perf_counter() - t0, None, None
         s[f"time_{kind}_s"], s[f"time_first_{kind}_s"] = warm, first
         s[f"time_{kind}_s_min"], s[f"time_{kind}_s_max"] = lo, hi
-        # XLA's memory analysis compiles the unblocked computation once more: only where the
-        # cost is the point (timed runs), not in the quality sweeps.
-        s[f"kernel_bytes_{kind}"] = compiled_bytes(kfn, params, x, **kw) if repeats > 0 else None
-        s[f"implementation_{kind}"], s[f"flops_{kind}"] = _flop_model(kfn, apply_fn, params, x, kw)
+        # XLA's memory analysis compiles the unblocked computation once more, and the FLOP
+        # model retraces the model: only where the cost is the point (timed runs).
+        timed = repeats > 0
+        s[f"kernel_bytes_{kind}"] = compiled_bytes(kfn, params, x, **kw) if timed else None
+        if timed:
+            s[f"implementation_{kind}"], s[f"flops_{kind}"] = _flop_model(
+                kfn, apply_fn, params, x, kw
+            )
         s[f"_{kind}"] = k
     s["num_outputs"] = int(s["_entk"].shape[-1])
     s["backend"] = jax.default_backend()
