@@ -599,7 +599,11 @@ def approximation_report(
       memory_budget: bytes for ``auto``'s choice and for the in-memory check (default
         :func:`ntk.kernels.api.default_memory_budget`).
       timing_repeats: warm calls timed per kernel (their median is reported).
-      lanczos_tol: ARPACK's relative accuracy (stored only).
+      lanczos_tol: relative accuracy of the eigenvalues (stored only): ARPACK's for λ_max;
+        for λ_min of an ``N·O`` operator, LOBPCG preconditioned by ``(pNTK + δI)⁻¹ ⊗ I``
+        stops when its residual is at most ``lanczos_tol · λ_min`` (or at round-off), which
+        bounds the error. ``N × N`` kernels that fit ``memory_budget`` four times over are
+        read whole and decomposed exactly (LAPACK), as is the pNTK preconditioner.
       cg_tol, cg_maxiter: conjugate gradients' relative residual and iteration limit
         (stored only); an unconverged solve is reported as NaN with a note.
       progress: tqdm bars over the long phases (stored only).
@@ -1025,15 +1029,38 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
 
         return _Operator(kernel, tick), bar
 
+    budget = default_memory_budget() if ctx.memory_budget is None else ctx.memory_budget
+    fits_nn = 4 * ctx.n**2 * 8 <= budget  # an N × N float64 matrix, its copy and LAPACK's
+    precond = {}
+
     def spectrum(name):
-        op, bar = operator(train[name], f"lanczos {name}")
+        kernel = train[name]
+        if kernel.ndim == 2 and fits_nn:  # N × N: read whole, LAPACK (exact, one pass)
+            w = np.linalg.eigvalsh(_dense_nn(kernel))
+            return {"lambda_max": float(w[-1]), "lambda_min": float(w[0]), "note": None}
+        if fits_nn and "t" not in precond:
+            try:
+                precond["t"] = _pntk_preconditioner(train["entk"])
+            except RuntimeError as e:  # ARPACK alone, slower
+                precond["t"] = None
+                raw["notes"].append(f"eigenvalues: no pNTK preconditioner ({e})")
+        op, bar = operator(kernel, f"eigenvalues {name}")
         try:
-            out = extreme_eigenvalues(op, k=1, tol=settings["lanczos_tol"])
-            return {"lambda_max": out["lambda_max"], "lambda_min": out["lambda_min"], "note": None}
+            out = extreme_eigenvalues(
+                op, k=1, tol=settings["lanczos_tol"], preconditioner=precond.get("t")
+            )
         except RuntimeError as e:
             return {"lambda_max": math.nan, "lambda_min": math.nan, "note": f"{name}: {e}"}
         finally:
             bar.close()
+        note = None
+        if not out.get("converged", True):
+            note = (
+                f"{name}: LOBPCG stopped after {out['n_matvecs']} passes with residual "
+                f"{out['residuals'][0]:.3g} for λ_min {out['lambda_min']:.6g} (|error| ≤ "
+                "residual); raise lanczos_tol for an answer within it"
+            )
+        return {"lambda_max": out["lambda_max"], "lambda_min": out["lambda_min"], "note": note}
 
     for name in names:
         s = _phase(root, f"spectrum_{name}", lambda name=name: spectrum(name))
@@ -1070,6 +1097,46 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
 
     raw["preds"] = _regressions(ctx, solve)
     return raw
+
+
+def _dense_nn(kernel) -> np.ndarray:
+    """A stored ``[N, N]`` kernel as one symmetric float64 matrix."""
+    n = kernel.shape[0]
+    a = kernel.matvec(np.eye(n))
+    return (a + a.T) / 2
+
+
+def _pntk_preconditioner(entk) -> Callable[[np.ndarray], np.ndarray]:
+    """``(P + δI)⁻¹ ⊗ I_O`` on ``[N·O, C]``, with ``P`` the pNTK (``O`` × the mean of each
+    ``O × O`` block of the stored eNTK, read block by block) and ``δ`` the smallest of
+    ``10⁻¹², 10⁻¹⁰, …`` × mean diag P for which P + δI is positive definite in float64."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    n, _, o, _ = entk.shape
+    p = np.zeros((n, n))
+    b = entk.block_size
+    b1, b2 = entk.n_blocks
+    for i in range(b1):
+        for j in range(i if entk.symmetric else 0, b2):
+            blk = entk.block(i, j).astype(np.float64).sum(axis=(2, 3)) / o
+            p[i * b : i * b + blk.shape[0], j * b : j * b + blk.shape[1]] = blk
+            if entk.symmetric:
+                p[j * b : j * b + blk.shape[1], i * b : i * b + blk.shape[0]] = blk.T
+    scale = float(np.mean(np.diag(p)))
+    for e in range(-12, 0, 2):
+        try:
+            factor = cho_factor(p + 10.0**e * scale * np.eye(n))
+            break
+        except LinAlgError:
+            continue
+    else:
+        raise RuntimeError("the pNTK is not positive definite even with a ridge of 0.01·mean diag")
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        c = v.shape[1]
+        return cho_solve(factor, v.reshape(n, o * c)).reshape(n * o, c)
+
+    return apply
 
 
 def _frobenius(train: dict, ctx: _Context, progress: bool, callback) -> dict:

@@ -240,7 +240,7 @@ def test_stored_resumes_after_sigkill(tmp_path):
         f, params = t._mlp()
         x, y, xt, yt = t._data(n=20, m=5)
         def kill(phase, step):
-            if phase == "lanczos entk":
+            if phase == "eigenvalues entk":
                 os.kill(os.getpid(), signal.SIGKILL)
         ntk.approximation_report(f, params, x, y, x_test=xt, y_test=yt, kinds=["pntk"],
             path={str(tmp_path / "r")!r}, block_size=8, progress=False, callback=kill)

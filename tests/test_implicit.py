@@ -81,6 +81,34 @@ def test_extreme_eigenvalues_match_eigvalsh(kind):
     assert res["lambda_max"] == res["largest"][0] and res["lambda_min"] == res["smallest"][0]
 
 
+def test_preconditioned_lobpcg_finds_lambda_min_of_ill_conditioned_entk():
+    apply_fn, params, x, _ = case()
+    x = x.at[1].set(x[0] + 3e-3 * x[1])  # two near-duplicate inputs: a tiny λ_min
+    k = np.asarray(ntk.as_matrix(ntk.entk(apply_fn, params, x)))
+    kp = np.asarray(ntk.pntk(apply_fn, params, x))
+    eig = np.linalg.eigvalsh(k)
+    assert eig[-1] > 1e5 * eig[0] > 0  # ill-conditioned, still positive definite
+    t = np.linalg.inv(kp)  # (pNTK)⁻¹ ⊗ I on sample-major [N·O, C]
+    calls = []
+
+    def prec(v):
+        calls.append(v.shape)
+        return (t @ v.reshape(12, -1)).reshape(v.shape)
+
+    res = implicit.extreme_eigenvalues(
+        apply_fn, params, x, tol=1e-7, preconditioner=prec, n_vectors=4
+    )
+    assert 1e-7 * eig[0] > 36 * np.finfo(float).eps * eig[-1]  # the tolerance, not round-off
+    assert res["converged"] and max(c[1] for c in calls) == 4  # LOBPCG ran, 4 vectors
+    assert res["residuals"][0] <= 1e-7 * res["lambda_min"]  # so |error| <= 1e-7 λ_min
+    np.testing.assert_allclose(res["lambda_min"], eig[0], rtol=1e-7)
+    np.testing.assert_allclose(res["lambda_max"], eig[-1], rtol=1e-8)
+    with pytest.raises(TypeError, match="preconditioner"):
+        implicit.extreme_eigenvalues(apply_fn, params, x, preconditioner=np.eye(36))
+    with pytest.raises(ValueError, match="n_vectors"):
+        implicit.extreme_eigenvalues(apply_fn, params, x, preconditioner=prec, n_vectors=0)
+
+
 @pytest.mark.parametrize("kind", ["entk", "pntk"])
 @pytest.mark.parametrize("ridge", [1e-3, 0.1])
 def test_cg_regression_matches_dense(kind, ridge):
