@@ -138,7 +138,7 @@ report: $(STAMP) ## Gather results/runs into results/summary.json (claims C1-C7)
 	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
 
 readme-results: $(STAMP) ## Regenerate the README's results section from results/summary.json
-	$(PY) -c "from ntk_repro.report import update_readme; update_readme('results', 'README.md')"
+	$(PY) -c "from ntk_repro.report.build import update_readme; update_readme('results', 'README.md')"
 	mkdir -p docs && cp results/fig_frobenius_width.png docs/fig_frobenius_width.png
 
 reproduce-paper: $(STAMP) ## Paper scale on CIFAR-10 via TFDS (GPU; needs data.data_dir)
@@ -152,15 +152,15 @@ reproduce-paper: $(STAMP) ## Paper scale on CIFAR-10 via TFDS (GPU; needs data.d
 	$(PY) experiments/report.py runs_dir=results/runs out_dir=results
 
 bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots in results/bench)
-	$(PY) experiments/bench.py
-	$(PY) benchmarks/approximation_report.py results/bench --case small
+	$(PY) -m benchmarks.suite
+	$(PY) -m benchmarks.approximation results/bench --case small
 
 .PHONY: bench-approx-large
-bench-approx-large: $(STAMP) ## approximation_report at N=2,000 (CNN, mnist5k, block-wise; hours on 2 cores: Lanczos)
-	$(PY) benchmarks/approximation_report.py results/bench --case large --n 2000
+bench-approx-large: $(STAMP) ## approximation_report at N=2,000 (CNN, mnist5k, block-wise, every kind, all phases)
+	$(PY) -m benchmarks.approximation results/bench --case large --n 2000
 
 bench-scale: $(STAMP) ## Streamed pNTK N=20k/50k and eNTK N=2k to disk (needs ~12 GB free under /tmp)
-	$(PY) -m ntk_repro.bench_scale --out results/bench_scale --work /tmp/ntk_bench_scale
+	$(PY) -m benchmarks.scale --out results/bench_scale --work /tmp/ntk_bench_scale
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,30 +1,29 @@
-"""Kernels timed interleaved in one process, for ratios finer than ``make bench`` resolves
-(standalone script).
+"""Any combination of real models, kinds and implementations timed interleaved in one
+process (``make bench`` interleaves the implementations of one model; this compares across
+models, e.g. a scan-stacked MLP against the same MLP unrolled).
 
-``make bench`` times every case in its own subprocess, one after the other; two cases whose
-times differ by 10-20 % then also differ by whatever the machine did in between. Here every
-combination of ``--models`` x ``--kinds`` x ``--impls`` (the real models of
-``ntk_repro.bench_models``, N = 32, O = 10, float32) is compiled first and then called in
+Every combination of ``--models`` x ``--kinds`` x ``--impls`` (the real models of
+``benchmarks.real_models``, N = 32, O = 10, float32) is compiled first and then called in
 turn, ``--rounds`` times, so all of them see the same conditions; the table gives each one's
 minimum and median warm time and its ratio to the first combination of its kind.
 
-    python benchmarks/interleaved.py --models mlp10_scan mlp10_unrolled --kinds entk pntk
-    python benchmarks/interleaved.py --models vit --impls jacobian structured
+    python -m benchmarks.interleaved --models mlp10_scan mlp10_unrolled --kinds entk pntk
+    python -m benchmarks.interleaved --models vit --impls jacobian structured
 
 The decoder and the encoder use the largest vocabulary ``make bench`` uses (50,257, 30,522).
 """
 
 import argparse
 import itertools
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
 import ntk
+from benchmarks import harness
+from benchmarks.real_models import REAL_MODELS, build, real_model_cases
 from ntk.atomic import write_json
-from ntk_repro.bench_models import REAL_MODELS, build, real_model_cases
 
 # A model's vocabulary: the largest that ``make bench`` uses for it (0: no embedding).
 VOCAB = {c["model"]: c["vocab"] for c in sorted(real_model_cases(), key=lambda c: c["vocab"])}
@@ -37,15 +36,9 @@ def measure(models, kinds, impls, rounds: int, n: int = 32, o: int = 10) -> dict
         apply_fn, params, x = build({"model": model, "vocab": VOCAB[model], "o": o, "n": n})
         for kind, impl in itertools.product(kinds, impls):
             fn = ntk.kernel_fn(apply_fn, kind=kind, implementation=impl)
-            jax.block_until_ready(fn(params, x))  # compile
-            calls[model, kind, impl] = (fn, params, x)
-    times = {key: [] for key in calls}
-    for _ in range(rounds):
-        for key, (fn, params, x) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(params, x))
-            times[key].append(time.perf_counter() - start)
-    return times
+            calls[model, kind, impl] = lambda fn=fn, p=params, x=x: jax.block_until_ready(fn(p, x))
+            calls[model, kind, impl]()  # compile
+    return harness.interleave(calls, rounds)
 
 
 def summary(times: dict) -> list[dict]:

@@ -3,12 +3,22 @@
     python experiments/train.py model=mlp data=digits model.width=128 trainer.epochs=5 \
         seed=0 hydra.run.dir=OUT
 
-Writes OUT/config.yaml, OUT/metrics.jsonl and OUT/checkpoints/<epoch>
-(see ntk_repro/conf/train.yaml).
+Writes OUT/config.yaml, OUT/metrics.jsonl and OUT/checkpoints/<epoch> (configs: conf/train.yaml);
+with ``kernel.enabled`` also the kernel metrics at every checkpoint. Returns the final test
+accuracy, the value a Hydra sweeper would optimise.
+"""
 
-The same as the console script `ntk-train`."""
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-from ntk_repro.cli import train
+from ntk_repro.experiment import run
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run(cfg, HydraConfig.get().runtime.output_dir).metrics[-1]["test_acc"]
+
 
 if __name__ == "__main__":
-    train()
+    main()

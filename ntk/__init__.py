@@ -30,10 +30,11 @@ from ntk.kernels import *  # noqa: F403  (the kernels' API, listed once in ntk.k
 from ntk.kernels import __all__ as _kernels_all
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
-from ntk.sharding import sharded_kernel
-from ntk.store import StoredKernel, open_kernel, store_kernel
-from ntk.stream import stream_kernel
-from ntk.workers import distribute_kernel
+from ntk.scale.sharding import sharded_kernel
+from ntk.scale.store_read import StoredKernel, open_kernel
+from ntk.scale.store_write import store_kernel
+from ntk.scale.stream import stream_kernel
+from ntk.scale.workers import distribute_kernel
 
 __version__ = "0.1.0"
 

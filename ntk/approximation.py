@@ -54,14 +54,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Var
 
-from ntk import atomic
-from ntk.blocks import array_digest, progress_bar
+from ntk import atomic, checks
 from ntk.checks import check_choice
 from ntk.implicit import extreme_eigenvalues
-from ntk.kernels import _checks
-from ntk.kernels.api import KINDS, KernelFn, default_memory_budget
+from ntk.kernels.api import KernelFn
+from ntk.kernels.estimates import default_memory_budget
 from ntk.kernels.implementations import sub_jaxprs
-from ntk.kernels.kinds import check_kind_options
+from ntk.kernels.kinds import KINDS, check_kind_options
 from ntk.kernels.model import (
     LIFETIMES,
     Model,
@@ -75,8 +74,9 @@ from ntk.kernels.model import (
     weak_callable,
 )
 from ntk.kernels.preparation import options_token
-from ntk.metrics import _spectrum, relative_frobenius_error
+from ntk.metrics import psd_spectrum, relative_frobenius_error
 from ntk.regression import accuracy, check_ridge, kernel_regression
+from ntk.scale.blocks import array_digest, progress_bar
 
 __all__ = ["DEFAULT_KINDS", "ApproximationReport", "KindReport", "approximation_report"]
 
@@ -334,7 +334,7 @@ def _check_kinds(kinds: Any, kind_options: Any) -> tuple[tuple[str, ...], dict]:
 
 
 def _check_test_inputs(x: Any, x_test: Any) -> int:
-    m = _checks._check_one_input("x_test", x_test)
+    m = checks._check_one_input("x_test", x_test)
     l1, t1 = jax.tree_util.tree_flatten(x)
     l2, t2 = jax.tree_util.tree_flatten(x_test)
     same = t1 == t2 and all(
@@ -344,7 +344,7 @@ def _check_test_inputs(x: Any, x_test: Any) -> int:
     if not same:
         raise ValueError(
             f"x_test: per-example shapes and dtypes must match x: x_test "
-            f"{_checks.describe(x_test)} vs x {_checks.describe(x)} (only the batch "
+            f"{checks.describe(x_test)} vs x {checks.describe(x)} (only the batch "
             "dimension may differ)"
         )
     return m
@@ -630,7 +630,7 @@ def approximation_report(
     check_ridge(ridge)
     _check_positive_int("block_size", block_size)
     _check_positive_int("timing_repeats", timing_repeats)
-    n = _checks._check_one_input("x", x)
+    n = checks._check_one_input("x", x)
     m = 0 if x_test is None else _check_test_inputs(x, x_test)
     if x_test is not None and y is None:
         raise ValueError("x_test: test points are used for kernel regression only; pass y too")
@@ -746,14 +746,14 @@ def _regressions(ctx: _Context, solve: Callable[[str, float], np.ndarray | None]
 
 def _sym_eig(name: str, m: np.ndarray, vectors: bool):
     """``(eigenvalues, solver)`` of a symmetric PSD kernel matrix ``m``: ascending
-    eigenvalues as :func:`ntk.metrics._spectrum` gives them (round-off negatives set to 0; a
+    eigenvalues as :func:`ntk.metrics.psd_spectrum` gives them (round-off negatives set to 0; a
     matrix that is not PSD beyond round-off, or not symmetric, raises) and, with
     ``vectors``, ``solver(k_st, y, ridge) -> (k_st (M + ridge·mean(diag M)·I)⁻¹ y, singular)``
     from the same decomposition: a ridge shifts the eigenvalues only, so one ``eigh`` serves
     the spectrum and every ridge (the solve of :func:`ntk.kernel_regression`: the same
     symmetrisation, relative ridge and minimum-norm least-squares cutoff)."""
     if not vectors:
-        return _spectrum(name, m, None)[0], None
+        return psd_spectrum(name, m, None)[0], None
     asym = np.linalg.norm(m - m.T) / max(np.linalg.norm(m), np.finfo(np.float64).tiny)
     if asym > 1e-5:
         raise ValueError(f"{name}: not symmetric (relative asymmetry {asym:.2e})")
@@ -939,7 +939,8 @@ def _phase(root: Path, name: str, compute: Callable[[], Any]) -> Any:
 
 
 def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, callback) -> dict:
-    from ntk.store import open_kernel, read_meta, store_kernel
+    from ntk.scale.store_read import open_kernel, read_meta
+    from ntk.scale.store_write import store_kernel
 
     dynamic, static = split_kwargs(ctx.apply_kwargs)
     meta = {

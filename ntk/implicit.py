@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk import checks
 from ntk.adapters import ApplyFn
 from ntk.checks import check_choice
-from ntk.kernels import _checks
-from ntk.kernels.api import KINDS, forward_mode_error, prepare
+from ntk.kernels.estimates import forward_mode_error
 from ntk.kernels.implementations import per_example_jacobian
+from ntk.kernels.kinds import KINDS
 from ntk.kernels.model import pad_rows
+from ntk.kernels.preparation import prepare
 from ntk.regression import (
     check_cg_limits,
     check_converged,
@@ -99,7 +101,7 @@ def _jjt(apply_fn, kind, batch_size, params, x_out, x_in, v_NK):
 
 def _check_common(apply_fn, params, x, batch_size, kind="entk"):
     check_choice("kind", kind, _KINDS)
-    _checks.check_batch_size(batch_size)
+    checks.check_batch_size(batch_size)
     prep = prepare(apply_fn, params, x, None, kind=kind, implementation="jacobian", kind_options={})
     if (why := forward_mode_error(apply_fn, params, x)) is not None:
         raise TypeError(
@@ -136,7 +138,7 @@ def _checked_operator(apply_fn, params, x_out, x_in, kind, batch_size):
     """The checked ``v -> K(x_out, x_in) v`` (the vjp on ``x_in``, the jvp on ``x_out``)."""
     o, dtype = _check_common(apply_fn, params, x_in, batch_size, kind)
     if x_out is not x_in:
-        _checks.check_inputs(x_out, x_in)
+        checks.check_inputs(x_out, x_in)
     return _operator(apply_fn, params, x_out, x_in, kind, batch_size, o, dtype)
 
 
@@ -442,7 +444,7 @@ def cg_kernel_regression(
       ``[M, O]`` predictions, float64 numpy.
     """
     o, dtype = _check_common(apply_fn, params, x_train, batch_size, kind)
-    _checks.check_inputs(x_test, x_train)
+    checks.check_inputs(x_test, x_train)
     check_ridge(ridge)
     check_cg_limits(tol, maxiter)
     n = int(x_train.shape[0])

@@ -81,7 +81,7 @@ def relative_frobenius_error(entk_NNOO: Any, approx: Any) -> float:
     return float(np.linalg.norm(k - a) / norm)
 
 
-def _spectrum(name: str, m: np.ndarray, rtol: float | None) -> tuple[np.ndarray, int]:
+def psd_spectrum(name: str, m: np.ndarray, rtol: float | None) -> tuple[np.ndarray, int]:
     """Ascending eigenvalues of a symmetric PSD matrix; round-off negatives are set to 0.
 
     Negative eigenvalues with ``|λ| ≤ rtol·λ_max`` are round-off of a PSD kernel. A larger
@@ -131,8 +131,8 @@ def compare_spectra(entk_NNOO: Any, approx_NN: Any, *, rtol: float | None = None
     a = _as_f64("approx", approx_NN, (2,))
     if a.shape != (n1, n2):
         raise ValueError(f"approx: expected shape {(n1, n2)} to match the eNTK, got {a.shape}")
-    eig_k, neg_k = _spectrum("entk", as_matrix(k), rtol)
-    eig_a, neg_a = _spectrum("approx", a, rtol)
+    eig_k, neg_k = psd_spectrum("entk", as_matrix(k), rtol)
+    eig_a, neg_a = psd_spectrum("approx", a, rtol)
     eig_ak = np.repeat(eig_a, o)
     return {
         "eig_entk": eig_k,

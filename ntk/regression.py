@@ -145,7 +145,8 @@ def kernel_regression(
 
 
 def is_stored(k: Any) -> bool:
-    """A stored kernel (:class:`ntk.store.StoredKernel`), told apart without importing it."""
+    """A stored kernel (:class:`ntk.scale.store_read.StoredKernel`), told apart without
+    importing it."""
     return not callable(k) and hasattr(k, "matvec") and hasattr(k, "block_size")
 
 

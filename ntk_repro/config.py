@@ -1,6 +1,6 @@
 """Schemas of the study's configs: Hydra structured configs that type-check the YAML files.
 
-The values live in the YAML files of ``ntk_repro/conf`` only; the dataclasses here carry the
+The values live in the YAML files of the top-level ``conf/`` only; the dataclasses here carry the
 keys and their types (every field ``MISSING``), so a misspelt key or a value of the wrong
 type fails when Hydra composes the config, before any work. Each YAML file of a schema'd
 group starts with ``defaults: [<name>_schema, _self_]``. The Python API (``train(dict)``)
@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the top-level conf/ of the checkout
 
 
 @dataclass

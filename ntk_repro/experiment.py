@@ -13,14 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ntk_repro.analysis import (
-    EvalSet,
-    kernel_metrics,
-    layer_shares,
-    linearized_vs_network,
-    make_eval_set,
-    save_arrays,
-)
+from ntk_repro import models
+from ntk_repro.analysis.evalset import EvalSet, make_eval_set
+from ntk_repro.analysis.layers import layer_shares
+from ntk_repro.analysis.linearized import linearized_vs_network
+from ntk_repro.analysis.quality import kernel_metrics, save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ SAVED_ARRAYS = ("eig_entk", "eig_pntk_kron_i", "y_train", "y_test", "f_train", "
 KERNEL_ARRAYS = ("entk", "pntk")
 
 
-def _kernel_options(kcfg: Mapping[str, Any]) -> dict:
+def kernel_options(kcfg: Mapping[str, Any]) -> dict:
     """kernel_metrics' options from a kernel config. A config without ``dtype`` (runs made
     before the option existed) keeps the float32 kernels it was made with, so recomputing it
     reproduces its numbers; ``conf/kernel/default.yaml`` asks for float64."""
@@ -54,10 +51,8 @@ def kernels_at(
 
 
 def _kernels_at(model, variables, evalset, kcfg, out_dir, epoch):
-    from ntk_repro.models import kernel_model
-
-    apply_fn, params, state = kernel_model(model, variables)
-    res = kernel_metrics(apply_fn, params, evalset, apply_kwargs=state, **_kernel_options(kcfg))
+    apply_fn, params, state = models.kernel_model(model, variables)
+    res = kernel_metrics(apply_fn, params, evalset, apply_kwargs=state, **kernel_options(kcfg))
     if kcfg.get("layer_shares") and epoch == 0:
         res.scalars.update(layer_shares(apply_fn, params, evalset.x_train, state))
     keys = SAVED_ARRAYS + (KERNEL_ARRAYS if kcfg.get("save_kernels") else ())
@@ -126,9 +121,7 @@ def kernel_callback(kcfg: Mapping[str, Any], logger):
             cache["evalset"] = eval_set_for(event.dataset, kcfg, int(kcfg["seed"]))
             if kcfg.get("linearize"):
                 cache["lin"] = Linearizer(event.cfg, cache["evalset"])
-        variables = {"params": event.params}
-        if event.state.batch_stats:
-            variables["batch_stats"] = event.state.batch_stats
+        variables = models.variables(event.params, event.state.batch_stats)
         res = _kernels_at(
             event.model, variables, cache["evalset"], kcfg, event.out_dir, event.epoch
         )
@@ -162,7 +155,7 @@ def run_figures(run_dir: str | Path) -> dict[str, str]:
     """Spectrum overlays (first and last checkpoint) and the init heatmap of one run."""
     import numpy as np
 
-    from ntk_repro import plotting
+    from ntk_repro.report import figures as plotting
 
     files = sorted((Path(run_dir) / "kernels").glob("epoch_*.npz"))
     if not files:
@@ -187,7 +180,7 @@ def run(cfg, out_dir: str | Path):
     from omegaconf import OmegaConf
 
     from ntk_repro.loggers import build_logger
-    from ntk_repro.training import train
+    from ntk_repro.train.loop import train
 
     plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
     kcfg = plain.get("kernel") or {}
@@ -208,26 +201,31 @@ def run(cfg, out_dir: str | Path):
     return result
 
 
+RECOMPUTED = "recomputed"
+
+
 def recompute(run_dir: str | Path, kcfg: Mapping[str, Any] | None = None) -> list[dict]:
-    """Kernel metrics for every saved checkpoint of ``run_dir`` (no retraining).
+    """Kernel metrics for every saved checkpoint of ``run_dir`` (no retraining), through the
+    path training takes at a checkpoint (:func:`kernels_at`: the same metrics, the layer
+    diagnosis at epoch 0 and the saved arrays, here under ``run_dir/recomputed/kernels/``).
 
     ``kcfg`` defaults to the run's own ``kernel`` config, so the numbers match those logged
     during training. Returns one record per checkpoint (epoch, step and the scalars).
     """
-    from ntk_repro.checkpoint import iter_checkpoints, load_config
-    from ntk_repro.models import kernel_model
-    from ntk_repro.training import _load_data, resolve_config
+    from ntk_repro.train.checkpoint import iter_checkpoints, load_config
+    from ntk_repro.train.loop import load_data, resolve_config
 
     cfg = resolve_config(load_config(run_dir))
     kcfg = dict(kcfg or cfg.get("kernel") or {})
     if not kcfg:
         raise ValueError(f"kcfg: the run {str(run_dir)!r} has no kernel config; pass one")
-    evalset = eval_set_for(_load_data(cfg), kcfg, int(kcfg["seed"]))
+    evalset = eval_set_for(load_data(cfg), kcfg, int(kcfg["seed"]))
     lin = Linearizer({**cfg, "kernel": kcfg}, evalset) if kcfg.get("linearize") else None
+    out_dir = Path(run_dir) / RECOMPUTED
     out = []
     for ck in iter_checkpoints(run_dir):
-        apply_fn, params, state = kernel_model(ck.model, _variables_of(ck))
-        res = kernel_metrics(apply_fn, params, evalset, apply_kwargs=state, **_kernel_options(kcfg))
+        variables = models.variables(ck.params, ck.batch_stats)
+        res = _kernels_at(ck.model, variables, evalset, kcfg, out_dir, ck.epoch)
         scalars = dict(res.scalars)
         if lin is not None:
             scalars.update(lin(ck.epoch, ck.step, res.arrays, evalset.y_test))
@@ -235,8 +233,14 @@ def recompute(run_dir: str | Path, kcfg: Mapping[str, Any] | None = None) -> lis
     return out
 
 
-def _variables_of(ck) -> dict:
-    variables = {"params": ck.params}
-    if ck.batch_stats:
-        variables["batch_stats"] = ck.batch_stats
-    return variables
+def recompute_to_file(run_dir: str | Path) -> tuple[Path, list[dict]]:
+    """:func:`recompute` with the run's own kernel config -> ``run_dir/recomputed.jsonl``
+    (written atomically)."""
+    import json
+
+    from ntk import atomic
+
+    records = recompute(run_dir)
+    out = Path(run_dir) / f"{RECOMPUTED}.jsonl"
+    atomic.write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    return out, records

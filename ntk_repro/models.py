@@ -21,13 +21,12 @@ Example::
 
     model = build_model("mlp", num_classes=10, width=128, depth=2)
     variables = init_model(model, jax.random.key(0), (64,))
-    apply_fn, params = kernel_apply_fn(model, variables)  # apply_fn(params, x_N64) -> [N, 10]
+    apply_fn, params, state = kernel_model(model, variables)  # (params, x_N64) -> [N, 10]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -52,10 +51,9 @@ __all__ = [
     "ResNet18",
     "build_model",
     "init_model",
-    "eval_apply_fn",
-    "kernel_apply_fn",
     "kernel_model",
     "param_count",
+    "variables",
 ]
 
 SQRT2 = math.sqrt(2.0)
@@ -445,30 +443,28 @@ def init_model(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> 
     return init(key, x_1X)
 
 
-def kernel_apply_fn(model: nn.Module, variables: dict) -> tuple[Callable, Any]:
-    """``(apply_fn, params)`` for kernels: ``apply_fn(params, x_NX) -> [N, O]`` in eval mode
-    (``train=False``; ``batch_stats`` held fixed), via :func:`ntk.adapters.from_linen`."""
-    return from_linen(model, variables, train=False)
+def variables(params: Any, batch_stats: Any = None) -> dict:
+    """The Linen variables ``{"params", ["batch_stats"]}`` (``batch_stats`` only if non-empty):
+    the one place the study assembles them."""
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-@functools.lru_cache(maxsize=32)
-def eval_apply_fn(model: nn.Module) -> Callable:
-    """``apply_fn(params, x_NX, **collections) -> [N, O]`` in eval mode, one function per
-    model: kernels of every checkpoint of a run share its compiled computations, with the
-    checkpoint's non-parameter collections (``batch_stats``) passed as keywords."""
-
-    def apply_fn(params, x_NX, **collections):
-        return model.apply({"params": params, **collections}, x_NX, train=False)
-
-    return apply_fn
+_KERNEL_FNS: dict = {}
 
 
 def kernel_model(model: nn.Module, variables: dict) -> tuple[Callable, Any, dict]:
-    """``(apply_fn, params, apply_kwargs)``: :func:`eval_apply_fn` and this checkpoint's
-    parameters and other collections, for ``ntk.kernel_fn(apply_fn)(params, x,
-    **apply_kwargs)``."""
-    rest = {k: v for k, v in variables.items() if k != "params"}
-    return eval_apply_fn(model), variables["params"], rest
+    """``(apply_fn, params, state)`` for ``ntk.kernel_fn(apply_fn)(params, x, **state)``: the
+    model in eval mode (``train=False``) through :func:`ntk.from_linen`, its non-parameter
+    collections (``batch_stats``) as ``state``. One ``apply_fn`` per model and set of
+    collections, so the kernels of every checkpoint of a run share their compiled
+    computations (the collections' values come in ``state`` on each call)."""
+    state = {k: v for k, v in variables.items() if k != "params"}
+    key = (model, tuple(sorted(state)))
+    if key not in _KERNEL_FNS:
+        if len(_KERNEL_FNS) >= 32:  # bounded, oldest first
+            del _KERNEL_FNS[next(iter(_KERNEL_FNS))]
+        _KERNEL_FNS[key] = from_linen(model, variables, train=False)[0]
+    return _KERNEL_FNS[key], variables["params"], state
 
 
 def param_count(params: Any) -> int:

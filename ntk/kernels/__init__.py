@@ -1,9 +1,7 @@
 """Empirical NTK kernels: implementations (registry) and approximations (kinds)."""
 
-from ntk.kernels import structured  # noqa: F401  (registers 'structured')
+from ntk.kernels.structured import kernel as _structured  # noqa: F401  (registers "structured")
 from ntk.kernels.api import (
-    KINDS,
-    choose_implementation,
     diagonal_ntk,
     entk,
     kernel,
@@ -14,7 +12,9 @@ from ntk.kernels.api import (
     trace_ntk,
 )
 from ntk.kernels.diagnose import diagnose
+from ntk.kernels.estimates import choose_implementation
 from ntk.kernels.implementations import IMPLEMENTATIONS
+from ntk.kernels.kinds import KINDS
 
 __all__ = [
     "IMPLEMENTATIONS",

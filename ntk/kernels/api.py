@@ -16,22 +16,9 @@ from typing import Any
 
 import jax
 
-from ntk.kernels import _checks
-from ntk.kernels.estimates import (  # noqa: F401  (re-exported: imported from here elsewhere)
-    Facts,
-    choose_implementation,
-    default_memory_budget,
-    forward_flops,
-    forward_mode_error,
-    implementation_estimates,
-    model_facts,
-    output_spec,
-    warn_once,
-)
-from ntk.kernels.implementations import IMPLEMENTATIONS  # noqa: F401  (re-exported)
-from ntk.kernels.kinds import (  # noqa: F401  (Kind re-exported)
+from ntk import checks
+from ntk.kernels.kinds import (
     KINDS,
-    Kind,
     check_kind_options,
     resolve_implementation,
 )
@@ -45,8 +32,7 @@ from ntk.kernels.model import (
     tree_spec,
     weak_callable,
 )
-from ntk.kernels.preparation import (  # noqa: F401  (re-exported: imported from here elsewhere)
-    Prepared,
+from ntk.kernels.preparation import (
     block,
     blocked,
     options_token,
@@ -73,9 +59,9 @@ class KernelFn:
     ):
         if not callable(apply_fn):
             raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
-        _checks.check_choice("kind", kind, KINDS)
+        checks.check_choice("kind", kind, KINDS)
         resolve_implementation(implementation)
-        _checks.check_batch_size(batch_size)
+        checks.check_batch_size(batch_size)
         check_kind_options(kind, kind_options)
         # weak: held without keeping apply_fn alive (the cache behind ntk.kernel)
         self._apply_fn = weak_callable(apply_fn) if weak else (lambda: apply_fn)
@@ -138,7 +124,7 @@ class KernelFn:
             kind_options=options,
             memory_budget=self.memory_budget,
         )
-        if key is not None and not _checks.is_traced(prep.proj_KO):
+        if key is not None and not checks.is_traced(prep.proj_KO):
             self._prepared[key] = prep
         return prep, dynamic, static
 
@@ -232,7 +218,7 @@ def _shared_kernel_fn(apply_fn, kind, implementation, batch_size) -> KernelFn:
 
 def clear_caches() -> None:
     """Forgets every built kernel function, trace and structured plan of this module."""
-    from ntk.kernels import structured
+    from ntk.kernels.structured import kernel as structured
 
     LIFETIMES.clear()
     structured.clear_plans()
@@ -274,9 +260,9 @@ def kernel(
     Returns:
       The kernel; its shape is given in :data:`KINDS`.
     """
-    _checks.check_choice("kind", kind, KINDS)
+    checks.check_choice("kind", kind, KINDS)
     resolve_implementation(implementation)
-    _checks.check_batch_size(batch_size)
+    checks.check_batch_size(batch_size)
     if not callable(apply_fn):
         raise TypeError(f"apply_fn: expected a callable, got {type(apply_fn).__name__}")
     fn = _shared_kernel_fn(apply_fn, kind, implementation, batch_size)

@@ -5,18 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ntk.kernels import structured
+from ntk.kernels.structured import kernel as structured
 from ntk.kernels.estimates import default_memory_budget, implementation_estimates
 from ntk.kernels.model import Model, batch_len, split_kwargs
 from ntk.kernels.preparation import prepare
-from ntk.kernels.structured import LeafReport
+from ntk.kernels.structured.kernel import LeafReport
 
 
 @dataclass(frozen=True)
 class Diagnosis:
     """The structured-derivatives plan of a model at given shapes, and ``auto``'s choice.
 
-    ``leaves``: one :class:`~ntk.kernels.structured.LeafReport` per parameter leaf (its path:
+    ``leaves``: one :class:`~ntk.kernels.structured.kernel.LeafReport` per parameter leaf (its path:
     ``structured``, ``folded bias`` or ``fallback``; the rule or the reason; the chosen
     method; estimated FLOPs and bytes of that method and of Jacobian contraction of the
     leaf). ``estimates``: ``{implementation: (FLOPs, peak bytes)}``; ``implementation``:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk.kernels import _checks
+from ntk import checks
 from ntk.kernels.implementations import (
     IMPLEMENTATIONS,
     jaxpr_activations,
@@ -106,7 +106,7 @@ def output_spec(apply_fn, params, x) -> tuple[int, Any]:
         got = shape if shape is not None else type(out).__name__
         raise ValueError(
             f"apply_fn: must return an array [batch, O]; on x with batch {n} "
-            f"({_checks.describe(x)}) it returned {got}. Wrap it so that it returns one row "
+            f"({checks.describe(x)}) it returned {got}. Wrap it so that it returns one row "
             "of outputs per example."
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):

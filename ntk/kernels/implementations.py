@@ -141,7 +141,7 @@ def jaxpr_cost(jaxpr) -> tuple[float, bool]:
     is a scan), a ``cond`` its most expensive branch, other calls their callee once. A
     ``while`` loop's trip count is unknown: its body and condition count once and ``exact``
     is False, which tells ``auto`` not to trust FLOP ratios that multiply the forward pass
-    by N1·N2 (see :func:`ntk.kernels.api.choose_implementation`).
+    by N1·N2 (see :func:`ntk.kernels.estimates.choose_implementation`).
     """
     total, exact = 0.0, True
     for eqn in jaxpr.eqns:

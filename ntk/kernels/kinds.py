@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk.kernels import _checks
+from ntk import checks
 from ntk.kernels.implementations import IMPLEMENTATIONS
 
 
@@ -108,7 +108,7 @@ def resolve_implementation(name):
     """The registered implementation called ``name``, or None for ``"auto"``."""
     if name == "auto":
         return None
-    _checks.check_choice("implementation", name, {**IMPLEMENTATIONS, "auto": None})
+    checks.check_choice("implementation", name, {**IMPLEMENTATIONS, "auto": None})
     return IMPLEMENTATIONS[name]
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk.kernels import _checks
+from ntk import checks
 from ntk.kernels.estimates import choose_implementation, forward_mode_error, output_spec
 from ntk.kernels.implementations import IMPLEMENTATIONS
 from ntk.kernels.kinds import KINDS, check_kind_options, resolve_implementation
@@ -63,11 +63,11 @@ def prepare(
     """Validates a kernel call and resolves its implementation: the checks and choices shared
     by :func:`kernel_fn`, :func:`ntk.stream_kernel`, :func:`ntk.sharded_kernel` and
     :mod:`ntk.implicit`. ``apply_fn`` may be a :class:`~ntk.kernels.model.Model`."""
-    _checks.check_choice("kind", kind, KINDS)
+    checks.check_choice("kind", kind, KINDS)
     impl = resolve_implementation(implementation)
     check_kind_options(kind, kind_options)
-    _checks.check_params(params)
-    _checks.check_inputs(x1, x2)
+    checks.check_params(params)
+    checks.check_inputs(x1, x2)
     model = as_model(apply_fn)
     o, dtype = output_spec(model, params, x1)
     spec = KINDS[kind]
