@@ -7,7 +7,7 @@ Two cases:
   warm call (the same report again: nothing compiles);
 * ``large``: a CNN (two 3×3 convolutions of width 16, stride 2, ReLU, then a dense readout;
   float32) on N 28×28×1 inputs (default 2,000) and N/4 test points, O = 10, stored block by
-  block under a temporary directory (every kind, Lanczos for λ_max/λ_min, CG for the
+  block under a temporary directory (every kind, Lanczos/LOBPCG for λ_max/λ_min, CG for the
   regressions). Reported: wall time per phase, the peak RSS of the process, the estimated
   FLOPs of the eNTK kernels (the chosen implementation's estimate per block × blocks) and
   the fraction of this machine's float32 GEMM rate (measured here with numpy) that the eNTK
@@ -20,8 +20,8 @@ the ``[study]`` extra); ``--data gaussian`` keeps the case free of the study pac
 folder holds benchmarks, not the library: it may import ``ntk_repro`` for data, lazily and
 only where real data is asked for.
 
-    python benchmarks/approximation.py OUT_DIR --case small     (make bench)
-    python benchmarks/approximation.py OUT_DIR --case large --n 2000
+    python -m benchmarks.approximation OUT_DIR --case small     (make bench)
+    python -m benchmarks.approximation OUT_DIR --case large --n 2000
                                                               (make bench-approx-large)
 """
 

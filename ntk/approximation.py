@@ -31,8 +31,10 @@ Two ways to compute, same definitions:
 * **stored** (``path=DIR``): every kernel is computed block by block into a chunked store
   (:func:`ntk.store_kernel`) under ``DIR/kernels/``; the NO × NO eNTK is never in memory.
   Frobenius terms accumulate over blocks (``‖Θ − Ã‖²_F = Σ_blocks``, off-diagonal blocks of
-  the symmetric kernels counted twice), λ_max/λ_min come from Lanczos on the stored operator
-  (:func:`ntk.implicit.extreme_eigenvalues`), regression from conjugate gradients
+  the symmetric kernels counted twice), λ_max/λ_min from the stored operator
+  (:func:`ntk.implicit.extreme_eigenvalues`: Lanczos for λ_max, LOBPCG preconditioned by
+  ``(pNTK + δI)⁻¹ ⊗ I`` for λ_min; ``N × N`` kernels that fit are decomposed whole),
+  regression from conjugate gradients
   (:func:`ntk.kernel_regression` on stored kernels). Each finished phase is saved under
   ``DIR/phases/`` (atomically), so a killed call repeated with the same arguments resumes
   where it stopped; ``DIR/report_meta.json`` refuses a resume with other inputs.

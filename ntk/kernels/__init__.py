@@ -1,6 +1,5 @@
 """Empirical NTK kernels: implementations (registry) and approximations (kinds)."""
 
-from ntk.kernels.structured import kernel as _structured  # noqa: F401  (registers "structured")
 from ntk.kernels.api import (
     diagonal_ntk,
     entk,
@@ -15,6 +14,7 @@ from ntk.kernels.diagnose import diagnose
 from ntk.kernels.estimates import choose_implementation
 from ntk.kernels.implementations import IMPLEMENTATIONS
 from ntk.kernels.kinds import KINDS
+from ntk.kernels.structured import kernel as _structured  # noqa: F401  (registers "structured")
 
 __all__ = [
     "IMPLEMENTATIONS",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ntk.kernels.structured import kernel as structured
 from ntk.kernels.estimates import default_memory_budget, implementation_estimates
 from ntk.kernels.model import Model, batch_len, split_kwargs
 from ntk.kernels.preparation import prepare
+from ntk.kernels.structured import kernel as structured
 from ntk.kernels.structured.kernel import LeafReport
 
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +376,11 @@ def update_readme(out_dir: str | Path, readme: str | Path = "README.md") -> None
     pattern = re.escape(README_BEGIN) + r".*?" + re.escape(README_END)
     new = README_BEGIN + "\n" + readme_results(out_dir) + README_END
     atomic.write_text(path, re.sub(pattern, lambda _: new, text, flags=re.S))
+
+
+def print_checks(checks: Sequence[dict]) -> None:
+    """One line per claim check: ``[ok ]``, ``[NO ]`` or ``[n/a]``, the trend and what was
+    measured (the report entry point's summary)."""
+    for c in checks:
+        verdict = "n/a" if c["agrees"] is None else "ok " if c["agrees"] else "NO "
+        print(f"[{verdict}] {c['trend']}: {c['measured']}")
