@@ -313,11 +313,11 @@ def run_suite(
             rows.append({**case, "skipped": why})
         elif case["section"] == "overhead":  # interleaved within its own process already
             rows.append(
-                {**case, **harness.run_json(__name__, ["--overhead", json.dumps(case)], timeout)}
+                {**case, **harness.run_json(_MODULE, ["--overhead", json.dumps(case)], timeout)}
             )
         else:
             rows.append(
-                {**case, **harness.run_json(__name__, ["--memory", json.dumps(case)], timeout)}
+                {**case, **harness.run_json(_MODULE, ["--memory", json.dumps(case)], timeout)}
             )
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(rows):
@@ -363,6 +363,10 @@ def main() -> None:
     """``make bench``: Hydra over ``conf/bench.yaml`` (``quick``, ``rounds``, ``out_dir``)."""
     import hydra
     from omegaconf import DictConfig
+
+    from ntk_repro.config import register_schemas
+
+    register_schemas()  # conf/paths/default.yaml is checked against its schema
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
     def bench(cfg: DictConfig) -> None:
