@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+import ntk
 from ntk_repro.analysis.calls import cast_tree
 
 
@@ -26,16 +27,21 @@ def layer_shares(apply_fn, params, x, apply_kwargs=None, *, max_bytes: float = 3
     n_params = sum(int(np.prod(np.shape(a))) for a in jax.tree_util.tree_leaves(p32))
     if 4.0 * out_shape[0] * out_shape[1] * n_params > max_bytes:
         return {}
-    jac = jax.jit(jax.jacrev(lambda p: apply_fn(p, x, **cast_tree(kw, "float32"))))(p32)
+    kw32 = cast_tree(kw, "float32")
     n, o = out_shape
+    names = list(p32) if isinstance(p32, Mapping) else [None]
     groups = {}
-    for name, sub in jac.items() if isinstance(jac, Mapping) else [("all", jac)]:
-        j_MP = np.concatenate(
-            [np.asarray(a).reshape(n * o, -1) for a in jax.tree_util.tree_leaves(sub)], axis=1
-        )  # rows (example, output); float32: casting J up costs more than its GEMM
-        theta = (j_MP @ j_MP.T).astype(np.float64).reshape(n, o, n, o).transpose(0, 2, 1, 3)
+    for name in names:  # the eNTK of one group's parameters, the others held fixed
+        if name is None:
+            f, p_g = (lambda p, a: apply_fn(p, a, **kw32)), p32
+        else:
+            f, p_g = (lambda q, a, g=name: apply_fn({**p32, g: q}, a, **kw32)), p32[name]
+        theta = np.asarray(ntk.entk(f, p_g, x, implementation="jacobian"), np.float64)
         pntk = theta.sum(axis=(2, 3)) / o
-        groups[str(name)] = (theta, theta - pntk[:, :, None, None] * np.eye(o))
+        groups["all" if name is None else str(name)] = (
+            theta,
+            theta - pntk[:, :, None, None] * np.eye(o),
+        )
     theta_all = sum(t for t, _ in groups.values())
     d_all = sum(d for _, d in groups.values())
     s = {}
