@@ -1058,10 +1058,11 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
             bar.close()
         note = None
         if not out.get("converged", True):
+            res, lam = float(out["residuals"][0]), out["lambda_min"]
             note = (
-                f"{name}: LOBPCG stopped after {out['n_matvecs']} passes with residual "
-                f"{out['residuals'][0]:.3g} for λ_min {out['lambda_min']:.6g} (|error| ≤ "
-                "residual); raise lanczos_tol for an answer within it"
+                f"{name}: λ_min not converged: LOBPCG reached its iteration limit after "
+                f"{out['n_matvecs']} passes at λ_min {lam:.6g} with residual {res:.3g} "
+                f"(|error| ≤ residual, {res / abs(lam):.2g} relative)"
             )
         return {"lambda_max": out["lambda_max"], "lambda_min": out["lambda_min"], "note": note}
 
