@@ -24,7 +24,7 @@ from ntk import atomic
 from ntk.scale.blocks import block_grid, progress_bar
 from ntk.scale.stream import NpyBlockWriter, allocate_npy
 
-FORMAT = "ntk.scale.store_write/1"
+FORMAT = "ntk.store/1"
 META_FILE = "meta.json"
 ARRAY_DIR = "kernel.zarr"
 DONE_DIR = "done"

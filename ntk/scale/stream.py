@@ -54,7 +54,7 @@ __all__ = [
     "stream_kernel",
 ]
 
-FORMAT = "ntk.scale.stream/1"
+FORMAT = "ntk.stream/1"
 KERNEL_FILE = "kernel.npy"
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"

@@ -347,3 +347,11 @@ def test_concurrent_writers_never_tear_a_chunk(tmp_path):
             if p.poll() is None:
                 p.kill()
             p.wait(timeout=30)
+
+
+def test_format_ids_are_stable():
+    """Stores and streamed files written by earlier versions stay readable: the format ids
+    are data, not module paths (a module move once rewrote them)."""
+    from ntk.scale import store_read, stream
+
+    assert store_read.FORMAT == "ntk.store/1" and stream.FORMAT == "ntk.stream/1"
