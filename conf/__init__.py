@@ -1,1 +1,0 @@
-"""Hydra configs of the study (a package so that Hydra finds them when installed)."""
