@@ -271,9 +271,11 @@ def extreme_eigenvalues(
       preconditioner: an approximation of the operator's inverse, ``[D, C] -> [D, C]``
         float64 on the flattened (sample-major) vectors, ``D`` the dimension. Given, the
         smallest end comes from LOBPCG (:func:`scipy.sparse.linalg.lobpcg`) with
-        ``n_vectors`` vectors per operator pass instead of ARPACK: ill-conditioned kernels,
-        whose smallest eigenvalues are clustered, then converge in hundreds of passes, not
-        thousands. For the eNTK, ``(pNTK + δI)⁻¹ ⊗ I`` is a good one. LOBPCG stops when
+        ``n_vectors`` vectors per operator pass instead of ARPACK: for ill-conditioned
+        kernels, whose smallest eigenvalues are clustered, it needs far fewer passes when
+        the preconditioner is close to the inverse at the bottom of the spectrum. For the
+        eNTK, ``(pNTK + δI)⁻¹ ⊗ I`` is the natural one (only as good as the pNTK is there).
+        LOBPCG stops when
         every residual ``‖Θv − λv‖ ≤ tol·λ`` (so ``|λ − λ_true| ≤ tol·λ``), or at the
         round-off floor ``D·ε·λ_max``; ``maxiter`` (default 1,000) bounds its iterations.
       n_vectors: LOBPCG's block size (with a preconditioner only).
