@@ -161,14 +161,18 @@ def _implementations_figure(plt, result: dict):
 
 
 def plot(result: dict, out_dir: Path) -> list[str]:
-    """``scaling.png`` (time vs N, width, O) and ``implementations.png``; returns the paths."""
+    """``scaling.png`` (time vs N, width, O; only when the scaling sweeps ran, not with
+    ``quick``) and ``implementations.png``; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figures = [("implementations", _implementations_figure)]
+    if any(str(r.get("section", "")).startswith("scale_") for r in result["rows"]):
+        figures.insert(0, ("scaling", _scaling_figure))
     files = []
-    for name, make in (("scaling", _scaling_figure), ("implementations", _implementations_figure)):
+    for name, make in figures:
         fig = make(plt, result)
         fig.tight_layout()
         path = Path(out_dir) / f"{name}.png"

@@ -85,6 +85,10 @@ def test_plots_draw_every_computed_series(tmp_path):
     result = {"rows": rows, "slopes": bench.slopes(rows)}
     files = bench.plot(result, tmp_path)
     assert [p.rsplit("/", 1)[-1] for p in files] == ["scaling.png", "implementations.png"]
+    models_only = [r for r in rows if r["section"] == "models"]  # quick: no sweeps, no panels
+    (tmp_path / "q").mkdir()
+    files_quick = bench.plot({"rows": models_only, "slopes": {}}, tmp_path / "q")
+    assert [p.rsplit("/", 1)[-1] for p in files_quick] == ["implementations.png"]
     import matplotlib.image
 
     for path in files:
