@@ -31,13 +31,26 @@ Two ways to compute, same definitions:
 * **stored** (``path=DIR``): every kernel is computed block by block into a chunked store
   (:func:`ntk.store_kernel`) under ``DIR/kernels/``; the NO × NO eNTK is never in memory.
   Frobenius terms accumulate over blocks (``‖Θ − Ã‖²_F = Σ_blocks``, off-diagonal blocks of
-  the symmetric kernels counted twice), λ_max/λ_min from the stored operator
-  (:func:`ntk.implicit.extreme_eigenvalues`: Lanczos for λ_max, LOBPCG preconditioned by
-  ``(pNTK + δI)⁻¹ ⊗ I`` for λ_min; ``N × N`` kernels that fit are decomposed whole),
-  regression from conjugate gradients
-  (:func:`ntk.kernel_regression` on stored kernels). Each finished phase is saved under
-  ``DIR/phases/`` (atomically), so a killed call repeated with the same arguments resumes
-  where it stopped; ``DIR/report_meta.json`` refuses a resume with other inputs.
+  the symmetric kernels counted twice). λ_max comes from Lanczos on the stored operator. For
+  λ_min and the eNTK's regressions, ``Θ (+ ridge)`` is factored by an out-of-core Cholesky
+  (:mod:`ntk.scale.cholesky`: panels on disk under ``DIR/factors/``, two in memory, ``D³/3``
+  multiply-adds for ``D = N·O``): λ_min is the reciprocal of the largest eigenvalue of
+  ``Θ⁻¹`` (Lanczos on the factor's solves; clustered small eigenvalues of Θ are well
+  separated there), and each regression is one exact solve. ``N × N`` kinds (and
+  ``diagonal``'s O kernels) that fit the memory budget four times over are read whole and
+  decomposed exactly as in memory; larger ones use the operator (Lanczos, conjugate
+  gradients). Each finished phase is saved under ``DIR/phases/`` (atomically; the factor
+  panel by panel), so a killed call repeated with the same arguments resumes where it
+  stopped; ``DIR/report_meta.json`` refuses a resume with other inputs. The factors are
+  deleted when the report is done.
+
+**Rank.** Each kernel is a sum of Gram matrices ``J Jᵀ`` of Jacobians with P columns (P the
+parameter count), so where ``P`` (times the number of Gram matrices) is below its
+dimension, its smallest eigenvalues are 0 exactly: both modes report λ_min = 0 (cond = ∞)
+with a note, and in memory those eigenvalues are cut off in the ridgeless solve. A stored
+rank-deficient eNTK has no ridgeless regression (the note says so); its ridge regression is
+exact. A stored eNTK that is not positive definite in float64 (a Cholesky pivot fails) is
+reported the same way: λ_min = 0 with the factor's message.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,7 +72,6 @@ from jax.extend.core import Var
 
 from ntk import atomic, checks
 from ntk.checks import check_choice
-from ntk.implicit import extreme_eigenvalues
 from ntk.kernels.api import KernelFn
 from ntk.kernels.estimates import default_memory_budget
 from ntk.kernels.implementations import sub_jaxprs
@@ -78,6 +91,7 @@ from ntk.kernels.model import (
 from ntk.kernels.preparation import options_token
 from ntk.metrics import psd_spectrum, relative_frobenius_error
 from ntk.regression import accuracy, check_ridge, kernel_regression
+from ntk.scale import cholesky
 from ntk.scale.blocks import array_digest, progress_bar
 
 __all__ = ["DEFAULT_KINDS", "ApproximationReport", "KindReport", "approximation_report"]
@@ -598,16 +612,18 @@ def approximation_report(
       path: a directory: compute block by block into chunked stores there (resumable; see
         the module docstring). None: in memory, if it fits ``memory_budget``.
       block_size: rows (and columns) per block when stored; the timed calls are one block.
-      memory_budget: bytes for ``auto``'s choice and for the in-memory check (default
+      memory_budget: bytes for ``auto``'s choice, for the in-memory check and, stored, for
+        what is read whole (``N × N`` kinds within a quarter of it; the Cholesky panels are
+        kept in memory for the solves within an eighth) (default
         :func:`ntk.kernels.api.default_memory_budget`).
       timing_repeats: warm calls timed per kernel (their median is reported).
-      lanczos_tol: relative accuracy of the eigenvalues (stored only): ARPACK's for λ_max;
-        for λ_min of an ``N·O`` operator, LOBPCG preconditioned by ``(pNTK + δI)⁻¹ ⊗ I``
-        stops when its residual is at most ``lanczos_tol · λ_min`` (or at round-off), which
-        bounds the error. ``N × N`` kernels that fit ``memory_budget`` four times over are
-        read whole and decomposed exactly (LAPACK), as is the pNTK preconditioner.
+      lanczos_tol: relative accuracy of the eigenvalues (stored only; ARPACK's ``tol``): of
+        λ_max by Lanczos on the kernel, of λ_min by Lanczos on its inverse (the eNTK and
+        ``N × N`` kinds too large to read whole). ``N × N`` kinds that fit ``memory_budget``
+        four times over are decomposed exactly (LAPACK).
       cg_tol, cg_maxiter: conjugate gradients' relative residual and iteration limit
-        (stored only); an unconverged solve is reported as NaN with a note.
+        (stored ``N × N`` kinds too large to read whole; the eNTK is solved by its factor);
+        an unconverged solve is reported as NaN with a note.
       progress: tqdm bars over the long phases (stored only).
       callback: ``callback(phase, step)`` after each unit of stored work (a block, a
         matvec); an exception raised there stops the call, and a repeat resumes.
@@ -675,6 +691,7 @@ def approximation_report(
         options,
         ridges,
         y_tr,
+        sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(params)),
         memory_budget,
         int(timing_repeats),
         apply_kwargs,
@@ -714,6 +731,7 @@ class _Context:
     options: dict
     ridges: tuple[float, ...]
     y: np.ndarray | None
+    n_params: int
     memory_budget: float | None
     repeats: int
     apply_kwargs: dict
@@ -746,16 +764,41 @@ def _regressions(ctx: _Context, solve: Callable[[str, float], np.ndarray | None]
 # --- in memory --------------------------------------------------------------------------------
 
 
-def _sym_eig(name: str, m: np.ndarray, vectors: bool):
+def _rank_zeros(name: str, n: int, o: int, n_params: int, options: dict) -> int:
+    """How many eigenvalues of a kernel on ``n`` points are 0 by rank alone. Each kernel is a
+    sum of ``r`` Gram matrices ``J Jᵀ`` of Jacobians with ``n_params`` columns, so its rank is
+    at most ``r·n_params``: ``r = 1`` for the eNTK (``NO × NO``), the pNTK and a single logit,
+    ``O`` for the trace, ``n_projections`` for a random projection; ``diagonal``'s O kernels
+    ``D[..., o]`` are one Gram matrix each."""
+    if name == "entk":
+        return max(0, n * o - n_params)
+    if name == "diagonal":
+        return o * max(0, n - n_params)
+    r = {"trace": o, "random_projection": options.get("n_projections", 1)}.get(name, 1)
+    return max(0, n - r * n_params)
+
+
+def _rank_note(name: str, zeros: int, dim: int, n_params: int) -> str:
+    return (
+        f"{name}: rank ≤ {dim - zeros} (from the {n_params} parameters) < its dimension {dim}: "
+        f"its {zeros} smallest eigenvalues are 0 exactly (λ_min = 0, cond = ∞)"
+    )
+
+
+def _sym_eig(name: str, m: np.ndarray, vectors: bool, zeros: int = 0):
     """``(eigenvalues, solver)`` of a symmetric PSD kernel matrix ``m``: ascending
     eigenvalues as :func:`ntk.metrics.psd_spectrum` gives them (round-off negatives set to 0; a
-    matrix that is not PSD beyond round-off, or not symmetric, raises) and, with
-    ``vectors``, ``solver(k_st, y, ridge) -> (k_st (M + ridge·mean(diag M)·I)⁻¹ y, singular)``
-    from the same decomposition: a ridge shifts the eigenvalues only, so one ``eigh`` serves
-    the spectrum and every ridge (the solve of :func:`ntk.kernel_regression`: the same
-    symmetrisation, relative ridge and minimum-norm least-squares cutoff)."""
+    matrix that is not PSD beyond round-off, or not symmetric, raises), the ``zeros``
+    smallest set to 0 (they are 0 by rank; see :func:`_rank_zeros`) and, with ``vectors``,
+    ``solver(k_st, y, ridge) -> (k_st (M + ridge·mean(diag M)·I)⁻¹ y, singular)`` from the
+    same decomposition: a ridge shifts the eigenvalues only, so one ``eigh`` serves the
+    spectrum and every ridge (the solve of :func:`ntk.kernel_regression`: the same
+    symmetrisation, relative ridge and minimum-norm least-squares cutoff; the zero
+    eigenvalues are cut off too)."""
     if not vectors:
-        return psd_spectrum(name, m, None)[0], None
+        eig = psd_spectrum(name, m, None)[0]
+        eig[:zeros] = 0.0
+        return eig, None
     asym = np.linalg.norm(m - m.T) / max(np.linalg.norm(m), np.finfo(np.float64).tiny)
     if asym > 1e-5:
         raise ValueError(f"{name}: not symmetric (relative asymmetry {asym:.2e})")
@@ -764,6 +807,7 @@ def _sym_eig(name: str, m: np.ndarray, vectors: bool):
     tol = m.shape[0] * 1e-6 * max(abs(eig[-1]), abs(eig[0]))
     if eig[0] < -tol:
         raise ValueError(f"{name}: eigenvalue {eig[0]:.3e} is below -{tol:.1e}; not PSD")
+    eig[:zeros] = 0.0
     mean_diag = float(np.mean(np.diag(a)))
 
     def solver(k_st: np.ndarray, y: np.ndarray, ridge: float):
@@ -775,6 +819,37 @@ def _sym_eig(name: str, m: np.ndarray, vectors: bool):
         return k_st @ (vec @ (inv[:, None] * (vec.T @ y))), lam_max == 0.0 or e[0] <= cutoff
 
     return np.maximum(eig, 0.0), solver
+
+
+def _nn_eig(name: str, k_tt: np.ndarray, o: int, vectors: bool, zeros: int):
+    """``(eigenvalues ascending, solver or [solver per output])`` of an approximation kind's
+    training kernel: ``[N, N]`` as one matrix, ``diagonal`` ``[N, N, O]`` as O of them."""
+    if k_tt.ndim == 2:
+        return _sym_eig(name, k_tt, vectors, zeros)
+    parts = [_sym_eig(f"{name}[..., {q}]", k_tt[:, :, q], vectors, zeros // o) for q in range(o)]
+    return np.sort(np.concatenate([p[0] for p in parts])), [p[1] for p in parts]
+
+
+def _nn_prediction(solver, k_tt: np.ndarray, k_st: np.ndarray, y: np.ndarray, r: float):
+    """``(predictions [M, O], singular)`` of an approximation kind from :func:`_nn_eig`'s
+    solver(s): one N × N system for all outputs, or (``diagonal``) one per output with the
+    ridge relative to the NO × NO diagonal."""
+    if k_tt.ndim == 2:
+        return solver(k_st, y, r)
+    o = k_tt.shape[2]
+    d_NO = np.einsum("nnq->nq", k_tt)
+    pred, singular = np.empty((k_st.shape[0], o)), False
+    for q in range(o):
+        scale = np.mean(d_NO) / np.mean(d_NO[:, q]) if np.mean(d_NO[:, q]) > 0 else 1.0
+        p_q, s_q = solver[q](k_st[:, :, q], y[:, q : q + 1], r * scale)
+        pred[:, q], singular = p_q[:, 0], singular or s_q
+    return pred, singular
+
+
+def _singular_note(name: str, r: float) -> str:
+    return (
+        f"{name}, ridge {r:g}: singular to working precision; minimum-norm least-squares solution"
+    )
 
 
 def _in_memory(ctx: _Context) -> dict:
@@ -793,18 +868,18 @@ def _in_memory(ctx: _Context) -> dict:
         kernels[name] = (k[:n, :n], k[n:, :n])
         cost = {"warm_seconds": warm, "compiled_bytes": nbytes, "implementation": impl}
         k_tt = kernels[name][0]
+        zeros = _rank_zeros(name, n, o, ctx.n_params, opts)
+        if zeros:
+            dim = n * o if name in ("entk", "diagonal") else n
+            raw["notes"].append(_rank_note(name, zeros, dim, ctx.n_params))
         if name == "entk":
             flat = k_tt.transpose(0, 2, 1, 3).reshape(n * o, n * o)
-            eig, solvers[name] = _sym_eig("entk", flat, vectors)
+            eig, solvers[name] = _sym_eig("entk", flat, vectors, zeros)
             raw["entk"] = {**cost, "trace": float(np.einsum("nnoo->", k_tt))}
         else:
+            eig, solvers[name] = _nn_eig(name, k_tt, o, vectors, zeros)
             if k_tt.ndim == 2:
-                eig, solvers[name] = _sym_eig(name, k_tt, vectors)
                 eig = np.repeat(eig, o)
-            else:
-                parts = [_sym_eig(f"{name}[..., {q}]", k_tt[:, :, q], vectors) for q in range(o)]
-                eig = np.sort(np.concatenate([p[0] for p in parts]))
-                solvers[name] = [p[1] for p in parts]
             frob = relative_frobenius_error(kernels["entk"][0], k_tt)
             raw["kinds"][name] = {**cost, "relative_frobenius_error": frob, "ndim": k_tt.ndim}
         target = raw["entk"] if name == "entk" else raw["kinds"][name]
@@ -817,20 +892,10 @@ def _in_memory(ctx: _Context) -> dict:
             k_st = k_st.transpose(0, 2, 1, 3).reshape(m * o, n * o)
             pred, singular = solvers[name](k_st, ctx.y.reshape(-1, 1), r)
             pred = pred.reshape(m, o)
-        elif k_tt.ndim == 2:
-            pred, singular = solvers[name](k_st, ctx.y, r)
-        else:  # one N × N system per output; the ridge relative to the NO × NO diagonal
-            d_NO = np.einsum("nnq->nq", k_tt)
-            pred, singular = np.empty((m, o)), False
-            for q in range(o):
-                scale = np.mean(d_NO) / np.mean(d_NO[:, q]) if np.mean(d_NO[:, q]) > 0 else 1.0
-                p_q, s_q = solvers[name][q](k_st[:, :, q], ctx.y[:, q : q + 1], r * scale)
-                pred[:, q], singular = p_q[:, 0], singular or s_q
+        else:
+            pred, singular = _nn_prediction(solvers[name], k_tt, k_st, ctx.y, r)
         if singular:
-            raw["notes"].append(
-                f"{name}, ridge {r:g}: singular to working precision; minimum-norm "
-                "least-squares solution"
-            )
+            raw["notes"].append(_singular_note(name, r))
         return pred
 
     raw["preds"] = _regressions(ctx, solve)
@@ -848,14 +913,14 @@ class _Operator:
 
     def __init__(self, stored, tick: Callable[[], None]):
         self._k = stored
-        self._tick = tick
+        self.tick = tick
         self.block_size = stored.block_size
         self.symmetric = stored.symmetric
         s = tuple(stored.shape)
         self.shape = (*s, s[2]) if len(s) == 3 else s
 
     def matvec(self, v) -> np.ndarray:
-        self._tick()
+        self.tick()
         if self._k.ndim != 3:
             return self._k.matvec(v)
         v = np.asarray(v, np.float64)
@@ -1034,37 +1099,71 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
 
     budget = default_memory_budget() if ctx.memory_budget is None else ctx.memory_budget
     fits_nn = 4 * ctx.n**2 * 8 <= budget  # an N × N float64 matrix, its copy and LAPACK's
-    precond = {}
+    zeros = {
+        n_: _rank_zeros(n_, ctx.n, ctx.o, ctx.n_params, ctx.options.get(n_, {})) for n_ in names
+    }
+    for name in names:
+        if zeros[name]:
+            dim = ctx.n * ctx.o if train[name].ndim != 2 else ctx.n
+            raw["notes"].append(_rank_note(name, zeros[name], dim, ctx.n_params))
+    dense: dict[str, tuple] = {}
+    factors: dict[tuple[str, float], Any] = {}
+
+    def nn_dense(name):  # an N × N kind (or diagonal's O of them) read whole: LAPACK, exact
+        if name not in dense:
+            k_tt = _dense_nn(train[name])
+            dense[name] = (k_tt, *_nn_eig(name, k_tt, ctx.o, ctx.y is not None, zeros[name]))
+        return dense[name]
+
+    def factored(name, r):  # Cholesky of K + r·mean(diag K)·I on disk, or None if not PD
+        if (name, r) not in factors:
+            kernel = train[name]
+            mean_diag = frob["trace"] / (ctx.n * ctx.o) if name == "entk" else None
+            if mean_diag is None:
+                mean_diag = float(np.mean(kernel.diagonal()))
+            dim = ctx.n * ctx.o if kernel.ndim == 4 else ctx.n
+            try:
+                factors[name, r] = cholesky.factor(
+                    kernel,
+                    root / "factors" / f"{name}_{_ridge_key(r)}",
+                    shift=r * mean_diag,
+                    cache=8 * 4 * dim**2 <= budget,  # the panels, 4·D² bytes, within budget/8
+                    progress=progress,
+                    callback=callback,
+                    desc=f"cholesky {name} ridge {r:g}",
+                )
+            except cholesky.NotPositiveDefinite as e:
+                factors[name, r] = None
+                raw["notes"].append(f"{name}, ridge {r:g}: {e}")
+        return factors[name, r]
 
     def spectrum(name):
         kernel = train[name]
-        if kernel.ndim == 2 and fits_nn:  # N × N: read whole, LAPACK (exact, one pass)
-            w = np.linalg.eigvalsh(_dense_nn(kernel))
+        if kernel.ndim != 4 and fits_nn:
+            w = nn_dense(name)[1]
             return {"lambda_max": float(w[-1]), "lambda_min": float(w[0]), "note": None}
-        if fits_nn and "t" not in precond:
-            try:
-                precond["t"] = _pntk_preconditioner(train["entk"])
-            except RuntimeError as e:  # ARPACK alone, slower
-                precond["t"] = None
-                raw["notes"].append(f"eigenvalues: no pNTK preconditioner ({e})")
+        tol = settings["lanczos_tol"]
         op, bar = operator(kernel, f"eigenvalues {name}")
         try:
-            out = extreme_eigenvalues(
-                op, k=1, tol=settings["lanczos_tol"], preconditioner=precond.get("t")
-            )
+            lam_max = _arpack(op, tol, "LA")
+            if zeros[name]:
+                lam_min = 0.0  # by rank; noted above
+            elif kernel.ndim == 3:  # diagonal too large to read whole: Lanczos
+                lam_min = _arpack(op, tol, "SA")
+            else:
+                f = factored(name, 0.0)
+                lam_min = (
+                    0.0
+                    if f is None
+                    else float(
+                        cholesky.smallest_eigenvalues(f, tol=tol, tick=op.tick)["smallest"][0]
+                    )
+                )
         except RuntimeError as e:
             return {"lambda_max": math.nan, "lambda_min": math.nan, "note": f"{name}: {e}"}
         finally:
             bar.close()
-        note = None
-        if not out.get("converged", True):
-            res, lam = float(out["residuals"][0]), out["lambda_min"]
-            note = (
-                f"{name}: λ_min not converged: LOBPCG reached its iteration limit after "
-                f"{out['n_matvecs']} passes at λ_min {lam:.6g} with residual {res:.3g} "
-                f"(|error| ≤ residual, {res / abs(lam):.2g} relative)"
-            )
-        return {"lambda_max": out["lambda_max"], "lambda_min": out["lambda_min"], "note": note}
+        return {"lambda_max": lam_max, "lambda_min": lam_min, "note": None}
 
     for name in names:
         s = _phase(root, f"spectrum_{name}", lambda name=name: spectrum(name))
@@ -1075,24 +1174,41 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
         target = raw["entk"] if name == "entk" else raw["kinds"][name]
         target.update(lambda_max=lam_max, lambda_min=lam_min)
 
+    def predict(name, r):
+        if name == "entk":  # by the factor of Θ + r·mean(diag Θ)·I: exact, no iteration count
+            if r == 0 and zeros[name]:
+                return None, (
+                    "entk, ridge 0: Θ is rank-deficient (see above); the stored report has no "
+                    "minimum-norm least-squares solve, so only the ridge is compared"
+                )
+            f = factored(name, r)
+            if f is None:
+                return None, None  # noted by factored()
+            alpha = f.solve(ctx.y.reshape(-1)).reshape(ctx.n, ctx.o)
+            op_st, bar = operator(test[name], f"predict {name} ridge {r:g}")
+            with bar:
+                return op_st.matvec(alpha), None
+        if train[name].ndim != 4 and fits_nn:  # as in memory, from the same eigh
+            k_tt, _, solver = nn_dense(name)
+            k_st = np.asarray(test[name], np.float64)
+            pred, singular = _nn_prediction(solver, k_tt, k_st, ctx.y, r)
+            return pred, (_singular_note(name, r) if singular else None)
+        op_tt, bar = operator(train[name], f"cg {name} ridge {r:g}")
+        op_st, _ = operator(test[name], f"cg {name} ridge {r:g}")
+        try:
+            pred = kernel_regression(
+                op_tt, op_st, ctx.y, ridge=r, tol=settings["cg_tol"], maxiter=settings["cg_maxiter"]
+            )
+            return pred, None
+        except RuntimeError as e:
+            return None, f"{name}, ridge {r:g}: {e}"
+        finally:
+            bar.close()
+
     def solve(name, r):
         def compute():
-            op_tt, bar = operator(train[name], f"cg {name} ridge {r:g}")
-            op_st, _ = operator(test[name], f"cg {name} ridge {r:g}")
-            try:
-                pred = kernel_regression(
-                    op_tt,
-                    op_st,
-                    ctx.y,
-                    ridge=r,
-                    tol=settings["cg_tol"],
-                    maxiter=settings["cg_maxiter"],
-                )
-                return {"pred": np.asarray(pred).tolist(), "note": None}
-            except RuntimeError as e:
-                return {"pred": None, "note": f"{name}, ridge {r:g}: {e}"}
-            finally:
-                bar.close()
+            pred, note = predict(name, r)
+            return {"pred": None if pred is None else np.asarray(pred).tolist(), "note": note}
 
         out = _phase(root, f"regression_{name}_{_ridge_key(r)}", compute)
         if out["note"]:
@@ -1100,47 +1216,31 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
         return None if out["pred"] is None else np.asarray(out["pred"], np.float64)
 
     raw["preds"] = _regressions(ctx, solve)
+    shutil.rmtree(root / "factors", ignore_errors=True)  # every phase that reads them is saved
     return raw
 
 
+def _arpack(op: _Operator, tol: float, which: str) -> float:
+    """The largest (``"LA"``) or smallest (``"SA"``) eigenvalue of a stored operator by
+    Lanczos (ARPACK ``eigsh``), one pass over the store per step."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    s = op.shape
+    shape_v = s[1:2] if len(s) == 2 else (s[1], s[3])
+    dim = math.prod(shape_v)
+
+    def mv(v):
+        return op.matvec(np.reshape(v, (*shape_v, -1))).reshape(np.shape(v))
+
+    lin = LinearOperator((dim, dim), matvec=mv, matmat=mv, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(dim)
+    return float(eigsh(lin, k=1, which=which, tol=tol, v0=v0, return_eigenvectors=False)[0])
+
+
 def _dense_nn(kernel) -> np.ndarray:
-    """A stored ``[N, N]`` kernel as one symmetric float64 matrix."""
-    n = kernel.shape[0]
-    a = kernel.matvec(np.eye(n))
-    return (a + a.T) / 2
-
-
-def _pntk_preconditioner(entk) -> Callable[[np.ndarray], np.ndarray]:
-    """``(P + δI)⁻¹ ⊗ I_O`` on ``[N·O, C]``, with ``P`` the pNTK (``O`` × the mean of each
-    ``O × O`` block of the stored eNTK, read block by block) and ``δ`` the smallest of
-    ``10⁻¹², 10⁻¹⁰, …`` × mean diag P for which P + δI is positive definite in float64."""
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
-    n, _, o, _ = entk.shape
-    p = np.zeros((n, n))
-    b = entk.block_size
-    b1, b2 = entk.n_blocks
-    for i in range(b1):
-        for j in range(i if entk.symmetric else 0, b2):
-            blk = entk.block(i, j).astype(np.float64).sum(axis=(2, 3)) / o
-            p[i * b : i * b + blk.shape[0], j * b : j * b + blk.shape[1]] = blk
-            if entk.symmetric:
-                p[j * b : j * b + blk.shape[1], i * b : i * b + blk.shape[0]] = blk.T
-    scale = float(np.mean(np.diag(p)))
-    for e in range(-12, 0, 2):
-        try:
-            factor = cho_factor(p + 10.0**e * scale * np.eye(n))
-            break
-        except LinAlgError:
-            continue
-    else:
-        raise RuntimeError("the pNTK is not positive definite even with a ridge of 0.01·mean diag")
-
-    def apply(v: np.ndarray) -> np.ndarray:
-        c = v.shape[1]
-        return cho_solve(factor, v.reshape(n, o * c)).reshape(n * o, c)
-
-    return apply
+    """A stored ``[N, N]`` (or diagonal's ``[N, N, O]``) kernel read whole in float64 (a
+    symmetric store is exactly symmetric: its writer mirrors each off-diagonal block)."""
+    return np.asarray(kernel, np.float64)
 
 
 def _frobenius(train: dict, ctx: _Context, progress: bool, callback) -> dict:
@@ -1240,12 +1340,11 @@ def _assemble(ctx: _Context, raw: dict, y_te) -> ApproximationReport:
     share = None
     if idx and e["trace"] > 0:
         share = _readout_trace(ctx.model, ctx.params, ctx.x, idx) / e["trace"]
-    n_params = sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(ctx.params))
     return ApproximationReport(
         n=ctx.n,
         n_test=ctx.m,
         o=ctx.o,
-        n_params=n_params,
+        n_params=ctx.n_params,
         readout_width=width,
         readout_leaves=tuple(names[k] for k in idx),
         readout_share=share,

@@ -184,6 +184,38 @@ def test_stored_equals_in_memory_and_json_round_trips(tmp_path):
     assert "pntk" in str(mem) and "readout width 32" in str(mem)
 
 
+def test_rank_deficient_entk_has_lambda_min_zero_in_both_modes(tmp_path):
+    f, params = _mlp(width=4)  # 39 parameters < N·O = 60: Θ has rank ≤ 39
+    x, y, xt, yt = _data(n=20, m=7)
+    kinds = ("pntk", "diagonal")
+    kw = dict(x_test=xt, y_test=yt, ridge=0.01, timing_repeats=1, kinds=kinds)
+    mem = ntk.approximation_report(f, params, x, y, **kw)
+    st = ntk.approximation_report(
+        f, params, x, y, path=tmp_path / "r", block_size=8, progress=False, lanczos_tol=1e-13,
+        **kw,
+    )  # fmt: skip
+    w = np.linalg.eigvalsh(ntk.as_matrix(reference_entk(f, params, x)))
+    assert abs(w[20]) < 1e-12 * w[-1] < w[21]  # the float64 reference: 21 zeros, then not
+    for rep in (mem, st):
+        assert rep.n_params == 39
+        assert rep.entk["lambda_min"] == 0.0 and rep.entk["cond"] == math.inf
+        assert any(n.startswith("entk: rank ≤ 39") and "21 smallest" in n for n in rep.notes)
+        np.testing.assert_allclose(rep.entk["lambda_max"], w[-1], rtol=1e-10)
+        assert rep.kinds["pntk"].lambda_min > 0  # N = 20 < 39: the pNTK has full rank
+    assert mem.spectra["entk"][:21] == [0.0] * 21 and mem.spectra["entk"][21] > 0
+    for name in kinds:  # with a ridge, the stored eNTK is solved exactly by its factor
+        a, b = mem.kinds[name].regression, st.kinds[name].regression
+        np.testing.assert_allclose(
+            b["ridge=0.01"]["pred_rel_diff"], a["ridge=0.01"]["pred_rel_diff"], rtol=1e-9
+        )
+        assert b["ridge=0"]["pred_rel_diff"] is None  # no ridgeless eNTK to compare with
+    assert st.entk["regression"]["ridge=0.01"] == mem.entk["regression"]["ridge=0.01"]
+    assert st.entk["regression"]["ridge=0"]["accuracy"] is None
+    assert mem.entk["regression"]["ridge=0"]["accuracy"] is not None  # minimum-norm
+    assert any(n.startswith("entk, ridge 0: Θ is rank-deficient") for n in st.notes)
+    assert not (tmp_path / "r" / "factors").exists()  # deleted once the report is done
+
+
 def test_stored_resumes_after_an_interruption(tmp_path):
     f, params = _mlp()
     x, y, xt, yt = _data(n=20, m=5)
