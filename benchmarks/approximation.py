@@ -157,13 +157,13 @@ def large(
     for phase, end in phases.items():
         if phase.startswith("cholesky "):
             starts = [s * 10 for s in range(0, n, b)] + [n * 10]
-            total, first = cholesky_flops(starts)
+            f_all, f_first = cholesky_flops(starts)
             sec = end - firsts[phase]
             factors[phase] = {
-                "dim": n * 10, "panels": len(starts) - 1, "flops": total,
+                "dim": n * 10, "panels": len(starts) - 1, "flops": f_all,
                 "seconds_after_first_panel": sec,
                 "float64_gemm_fraction_after_first_panel": (
-                    (total - first) / (sec * gemm["numpy_float64_gflops"] * 1e9) if sec else None
+                    (f_all - f_first) / (sec * gemm["numpy_float64_gflops"] * 1e9) if sec else None
                 ),
             }  # fmt: skip
     return {
@@ -182,9 +182,10 @@ def large(
 
 
 def cholesky_flops(starts: list[int]) -> tuple[float, float]:
-    """``(all, first panel's)`` FLOPs of :func:`ntk.scale.cholesky.factor` with panels
-    starting at ``starts`` (``starts[-1] = D``): per panel the left-looking update products,
-    the diagonal block's factor and the triangular solve below it (≈ D³/3 in all)."""
+    """``(all, first panel's)`` FLOPs that :func:`ntk.scale.cholesky.factor` performs with
+    panels starting at ``starts`` (``starts[-1] = D``): per panel the left-looking update
+    products (the diagonal block in full), the diagonal block's factor and the triangular
+    solve below it: ``D³/3`` plus terms in ``D²·w`` for panels of width ``w``."""
     d = starts[-1]
     per = []
     for j, (c, e) in enumerate(zip(starts, starts[1:], strict=False)):

@@ -830,20 +830,25 @@ def _nn_eig(name: str, k_tt: np.ndarray, o: int, vectors: bool, zeros: int):
     return np.sort(np.concatenate([p[0] for p in parts])), [p[1] for p in parts]
 
 
-def _nn_prediction(solver, k_tt: np.ndarray, k_st: np.ndarray, y: np.ndarray, r: float):
+def _nn_prediction(solver, d_NO: np.ndarray | None, k_st: np.ndarray, y: np.ndarray, r: float):
     """``(predictions [M, O], singular)`` of an approximation kind from :func:`_nn_eig`'s
-    solver(s): one N × N system for all outputs, or (``diagonal``) one per output with the
-    ridge relative to the NO × NO diagonal."""
-    if k_tt.ndim == 2:
+    solver(s): one N × N system for all outputs, or (``diagonal``, whose training kernel's
+    diagonal is ``d_NO`` ``[N, O]``) one per output with the ridge relative to the NO × NO
+    diagonal."""
+    if d_NO is None:
         return solver(k_st, y, r)
-    o = k_tt.shape[2]
-    d_NO = np.einsum("nnq->nq", k_tt)
+    o = d_NO.shape[1]
     pred, singular = np.empty((k_st.shape[0], o)), False
     for q in range(o):
         scale = np.mean(d_NO) / np.mean(d_NO[:, q]) if np.mean(d_NO[:, q]) > 0 else 1.0
         p_q, s_q = solver[q](k_st[:, :, q], y[:, q : q + 1], r * scale)
         pred[:, q], singular = p_q[:, 0], singular or s_q
     return pred, singular
+
+
+def _diag_NO(k_tt: np.ndarray) -> np.ndarray | None:
+    """The diagonal ``[N, O]`` of diagonal's ``[N, N, O]`` training kernel; None for ``[N, N]``."""
+    return np.einsum("nnq->nq", k_tt) if k_tt.ndim == 3 else None
 
 
 def _singular_note(name: str, r: float) -> str:
@@ -893,7 +898,7 @@ def _in_memory(ctx: _Context) -> dict:
             pred, singular = solvers[name](k_st, ctx.y.reshape(-1, 1), r)
             pred = pred.reshape(m, o)
         else:
-            pred, singular = _nn_prediction(solvers[name], k_tt, k_st, ctx.y, r)
+            pred, singular = _nn_prediction(solvers[name], _diag_NO(k_tt), k_st, ctx.y, r)
         if singular:
             raw["notes"].append(_singular_note(name, r))
         return pred
@@ -1098,7 +1103,6 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
         return _Operator(kernel, tick), bar
 
     budget = default_memory_budget() if ctx.memory_budget is None else ctx.memory_budget
-    fits_nn = 4 * ctx.n**2 * 8 <= budget  # an N × N float64 matrix, its copy and LAPACK's
     zeros = {
         n_: _rank_zeros(n_, ctx.n, ctx.o, ctx.n_params, ctx.options.get(n_, {})) for n_ in names
     }
@@ -1112,10 +1116,11 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
     def nn_dense(name):  # an N × N kind (or diagonal's O of them) read whole: LAPACK, exact
         if name not in dense:
             k_tt = _dense_nn(train[name])
-            dense[name] = (k_tt, *_nn_eig(name, k_tt, ctx.o, ctx.y is not None, zeros[name]))
+            eig, solver = _nn_eig(name, k_tt, ctx.o, ctx.y is not None, zeros[name])
+            dense[name] = (_diag_NO(k_tt), eig, solver)
         return dense[name]
 
-    def factored(name, r):  # Cholesky of K + r·mean(diag K)·I on disk, or None if not PD
+    def factored(name, r):  # (Cholesky of K + r·mean(diag K)·I on disk, None) or (None, why)
         if (name, r) not in factors:
             kernel = train[name]
             mean_diag = frob["trace"] / (ctx.n * ctx.o) if name == "entk" else None
@@ -1123,26 +1128,31 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
                 mean_diag = float(np.mean(kernel.diagonal()))
             dim = ctx.n * ctx.o if kernel.ndim == 4 else ctx.n
             try:
-                factors[name, r] = cholesky.factor(
-                    kernel,
-                    root / "factors" / f"{name}_{_ridge_key(r)}",
-                    shift=r * mean_diag,
-                    cache=8 * 4 * dim**2 <= budget,  # the panels, 4·D² bytes, within budget/8
-                    progress=progress,
-                    callback=callback,
-                    desc=f"cholesky {name} ridge {r:g}",
+                factors[name, r] = (
+                    cholesky.factor(
+                        kernel,
+                        root / "factors" / f"{name}_{_ridge_key(r)}",
+                        shift=r * mean_diag,
+                        cache=8 * 4 * dim**2 <= budget,  # the panels, 4·D² bytes, within budget/8
+                        progress=progress,
+                        callback=callback,
+                        desc=f"cholesky {name} ridge {r:g}",
+                    ),
+                    None,
                 )
             except cholesky.NotPositiveDefinite as e:
-                factors[name, r] = None
-                raw["notes"].append(f"{name}, ridge {r:g}: {e}")
+                factors[name, r] = None, f"{name}, ridge {r:g}: {e}; λ_min reported as 0"
         return factors[name, r]
+
+    def read_whole(kernel) -> bool:  # N × N (or diagonal's O of them) within budget/4
+        return kernel.ndim != 4 and 4 * 8 * math.prod(kernel.shape) <= budget
 
     def spectrum(name):
         kernel = train[name]
-        if kernel.ndim != 4 and fits_nn:
+        if read_whole(kernel):
             w = nn_dense(name)[1]
             return {"lambda_max": float(w[-1]), "lambda_min": float(w[0]), "note": None}
-        tol = settings["lanczos_tol"]
+        tol, note = settings["lanczos_tol"], None
         op, bar = operator(kernel, f"eigenvalues {name}")
         try:
             lam_max = _arpack(op, tol, "LA")
@@ -1151,28 +1161,17 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
             elif kernel.ndim == 3:  # diagonal too large to read whole: Lanczos
                 lam_min = _arpack(op, tol, "SA")
             else:
-                f = factored(name, 0.0)
-                lam_min = (
-                    0.0
-                    if f is None
-                    else float(
-                        cholesky.smallest_eigenvalues(f, tol=tol, tick=op.tick)["smallest"][0]
-                    )
-                )
+                f, why = factored(name, 0.0)
+                if f is None:
+                    lam_min, note = 0.0, why
+                else:
+                    low = cholesky.smallest_eigenvalues(f, tol=tol, tick=op.tick)
+                    lam_min = float(low["smallest"][0])
         except RuntimeError as e:
             return {"lambda_max": math.nan, "lambda_min": math.nan, "note": f"{name}: {e}"}
         finally:
             bar.close()
-        return {"lambda_max": lam_max, "lambda_min": lam_min, "note": None}
-
-    for name in names:
-        s = _phase(root, f"spectrum_{name}", lambda name=name: spectrum(name))
-        if s["note"]:
-            raw["notes"].append(s["note"])
-        dim = ctx.n * ctx.o if name == "entk" else ctx.n
-        lam_max, lam_min = _psd_extremes(name, s["lambda_max"], s["lambda_min"], dim, raw["notes"])
-        target = raw["entk"] if name == "entk" else raw["kinds"][name]
-        target.update(lambda_max=lam_max, lambda_min=lam_min)
+        return {"lambda_max": lam_max, "lambda_min": lam_min, "note": note}
 
     def predict(name, r):
         if name == "entk":  # by the factor of Θ + r·mean(diag Θ)·I: exact, no iteration count
@@ -1181,17 +1180,17 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
                     "entk, ridge 0: Θ is rank-deficient (see above); the stored report has no "
                     "minimum-norm least-squares solve, so only the ridge is compared"
                 )
-            f = factored(name, r)
+            f, why = factored(name, r)
             if f is None:
-                return None, None  # noted by factored()
+                return None, why
             alpha = f.solve(ctx.y.reshape(-1)).reshape(ctx.n, ctx.o)
             op_st, bar = operator(test[name], f"predict {name} ridge {r:g}")
             with bar:
                 return op_st.matvec(alpha), None
-        if train[name].ndim != 4 and fits_nn:  # as in memory, from the same eigh
-            k_tt, _, solver = nn_dense(name)
+        if read_whole(train[name]):  # as in memory, from the same eigh
+            d_NO, _, solver = nn_dense(name)
             k_st = np.asarray(test[name], np.float64)
-            pred, singular = _nn_prediction(solver, k_tt, k_st, ctx.y, r)
+            pred, singular = _nn_prediction(solver, d_NO, k_st, ctx.y, r)
             return pred, (_singular_note(name, r) if singular else None)
         op_tt, bar = operator(train[name], f"cg {name} ridge {r:g}")
         op_st, _ = operator(test[name], f"cg {name} ridge {r:g}")
@@ -1215,8 +1214,21 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
             raw["notes"].append(out["note"])
         return None if out["pred"] is None else np.asarray(out["pred"], np.float64)
 
-    raw["preds"] = _regressions(ctx, solve)
-    shutil.rmtree(root / "factors", ignore_errors=True)  # every phase that reads them is saved
+    raw["preds"] = {}
+    for name in names:  # one kernel at a time: its dense copies and factors are then dropped
+        s = _phase(root, f"spectrum_{name}", lambda name=name: spectrum(name))
+        if s["note"]:
+            raw["notes"].append(s["note"])
+        dim = ctx.n * ctx.o if name == "entk" else ctx.n
+        lam_max, lam_min = _psd_extremes(name, s["lambda_max"], s["lambda_min"], dim, raw["notes"])
+        target = raw["entk"] if name == "entk" else raw["kinds"][name]
+        target.update(lambda_max=lam_max, lambda_min=lam_min)
+        for r in ctx.ridges if ctx.y is not None else ():
+            raw["preds"][name, r] = solve(name, r)
+        dense.pop(name, None)
+        for r in ctx.ridges:
+            factors.pop((name, r), None)
+        shutil.rmtree(root / "factors", ignore_errors=True)  # the phases reading them are saved
     return raw
 
 

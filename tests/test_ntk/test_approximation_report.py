@@ -216,6 +216,29 @@ def test_rank_deficient_entk_has_lambda_min_zero_in_both_modes(tmp_path):
     assert not (tmp_path / "r" / "factors").exists()  # deleted once the report is done
 
 
+def test_stored_entk_not_positive_definite_in_float64_is_noted_and_resumed(tmp_path, monkeypatch):
+    from ntk.scale import cholesky
+
+    def fail(kernel, path, **kw):
+        raise cholesky.NotPositiveDefinite("kernel: not positive definite (simulated)", 0)
+
+    monkeypatch.setattr(cholesky, "factor", fail)
+    f, params = _mlp()
+    x, y, xt, yt = _data(n=12, m=4)
+    kw = dict(x_test=xt, y_test=yt, kinds=["pntk"], path=tmp_path / "r", block_size=8,
+              progress=False, timing_repeats=1)  # fmt: skip
+    for _ in range(2):  # the second call reads every phase back: the notes must survive
+        rep = ntk.approximation_report(f, params, x, y, **kw)
+        assert rep.entk["lambda_min"] == 0.0 and rep.entk["cond"] == math.inf
+        assert rep.entk["regression"]["ridge=0"]["accuracy"] is None
+        why = [n for n in rep.notes if "not positive definite (simulated)" in n]
+        assert [n.split(":")[0] for n in why] == [
+            "entk, ridge 0",
+            "entk, ridge 0",
+            "entk, ridge 0.01",
+        ]
+
+
 def test_stored_resumes_after_an_interruption(tmp_path):
     f, params = _mlp()
     x, y, xt, yt = _data(n=20, m=5)
