@@ -156,8 +156,9 @@ bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots i
 	$(PY) -m benchmarks.approximation results/bench --case small
 
 .PHONY: bench-approx-large
-bench-approx-large: $(STAMP) ## approximation_report at N=2,000 (CNN, mnist5k, block-wise, every kind, all phases)
+bench-approx-large: $(STAMP) ## approximation_report at N=2,000 (CNNs of width 16 and 32, mnist5k, block-wise, every kind, all phases)
 	$(PY) -m benchmarks.approximation results/bench --case large --n 2000
+	$(PY) -m benchmarks.approximation results/bench --case large --n 2000 --width 32
 
 bench-scale: $(STAMP) ## Streamed pNTK N=20k/50k and eNTK N=2k to disk (needs ~12 GB free under /tmp)
 	$(PY) -m benchmarks.scale --out results/bench_scale --work /tmp/ntk_bench_scale

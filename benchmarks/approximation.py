@@ -10,12 +10,13 @@ Two cases:
   block under a temporary directory (every kind and phase of the stored report: Lanczos for
   λ_max, the out-of-core Cholesky for λ_min and the eNTK's regressions). Its 3·3·16 +
   3·3·16·16 + 784·10 = 10,288 parameters are fewer than N·O = 20,000 at N = 2,000: there
-  the eNTK's λ_min is 0 by rank and only its ridge regression is factored. Reported: wall
-  time per phase, the peak RSS of the process, the estimated FLOPs of the eNTK kernels (the
-  chosen implementation's estimate per block × blocks) and the fraction of this machine's
-  float32 GEMM rate (measured here with numpy) that the eNTK phase reached, and for each
-  out-of-core Cholesky factor its FLOPs and the fraction of the float64 GEMM rate it reached
-  after its first panel.
+  the eNTK's λ_min is 0 by rank and only its ridge regression is factored; ``--width 32``
+  (25,184 parameters) gives a full-rank eNTK, whose λ_min and ridgeless regression are
+  factored too. Reported: wall time per phase, the peak RSS of the process, the estimated
+  FLOPs of the eNTK kernels (the chosen implementation's estimate per block × blocks) and
+  the fraction of this machine's float32 GEMM rate (measured here with numpy) that the eNTK
+  phase reached, and for each out-of-core Cholesky factor its FLOPs and the fraction of the
+  float64 GEMM rate it reached after its first panel.
 
 Data. ``small`` uses Gaussian inputs and cyclic labels (it times the report, and needs
 nothing beyond the library). ``large`` uses real digits by default: the first N training
@@ -25,7 +26,7 @@ folder holds benchmarks, not the library: it may import ``ntk_repro`` for data, 
 only where real data is asked for.
 
     python -m benchmarks.approximation OUT_DIR --case small     (make bench)
-    python -m benchmarks.approximation OUT_DIR --case large --n 2000
+    python -m benchmarks.approximation OUT_DIR --case large --n 2000 [--width 32]
                                                               (make bench-approx-large)
 """
 
@@ -115,10 +116,15 @@ def large_data(n: int, m: int, data: str):
 
 
 def large(
-    n: int, block_size: int, data: str = "mnist5k", work: Path | None = None, progress=True
+    n: int,
+    block_size: int,
+    data: str = "mnist5k",
+    work: Path | None = None,
+    progress=True,
+    width: int = 16,
 ) -> dict:
     """The whole report, stored block by block under a temporary directory in ``work``."""
-    apply_fn, params = cnn(jax.random.key(0))
+    apply_fn, params = cnn(jax.random.key(0), width)
     m = max(n // 4, 1)
     x, y, x_test, y_test = large_data(n, m, data)
     phases: dict[str, float] = {}
@@ -156,7 +162,7 @@ def large(
     factors = {}  # each out-of-core Cholesky: its FLOPs and rate, timed from its first panel on
     for phase, end in phases.items():
         if phase.startswith("cholesky "):
-            starts = [s * 10 for s in range(0, n, b)] + [n * 10]
+            starts = [s_ * 10 for s_ in range(0, n, b)] + [n * 10]
             f_all, f_first = cholesky_flops(starts)
             sec = end - firsts[phase]
             factors[phase] = {
@@ -167,7 +173,8 @@ def large(
                 ),
             }  # fmt: skip
     return {
-        "case": "large", "model": "CNN width 16, 28x28x1, O=10", "data": data, "n": n,
+        "case": "large", "model": f"CNN width {width}, 28x28x1, O=10", "data": data, "n": n,
+        "n_params": rep.n_params,
         "n_test": m, "block_size": block_size, "entk_blocks": n_blocks, "seconds": total,
         "phase_first_step_seconds": firsts, "phase_end_seconds": phases,
         "phase_steps": steps,
@@ -201,6 +208,7 @@ def main() -> None:
     parser.add_argument("--case", choices=("small", "large"), default="small")
     parser.add_argument("--n", type=int, default=None, help="points (small: 100, large: 2000)")
     parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--width", type=int, default=16, help="large: the CNN's width")
     parser.add_argument(
         "--data", default="mnist5k", help="large case: mnist5k (real digits) or gaussian"
     )
@@ -213,10 +221,13 @@ def main() -> None:
     if args.case == "small":
         row = small(args.n or 100)
     else:
-        row = large(args.n or 2000, args.block_size, args.data, args.work, not args.no_progress)
+        row = large(
+            args.n or 2000, args.block_size, args.data, args.work, not args.no_progress, args.width
+        )
     row.update(jax_version=jax.__version__, backend=jax.default_backend(), dtype="float32")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out or args.out_dir / f"approximation_report_{args.case}_n{row['n']}.json"
+    tag = "" if args.case == "small" or args.width == 16 else f"_w{args.width}"
+    out = args.out or args.out_dir / f"approximation_report_{args.case}_n{row['n']}{tag}.json"
     write_json(out, row)
     seconds = row.get("warm_seconds", row.get("seconds"))
     print(f"{out}: {seconds:.2f} s, peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB")
