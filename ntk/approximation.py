@@ -50,7 +50,10 @@ dimension, its smallest eigenvalues are 0 exactly: both modes report λ_min = 0 
 with a note, and in memory those eigenvalues are cut off in the ridgeless solve. A stored
 rank-deficient eNTK has no ridgeless regression (the note says so); its ridge regression is
 exact. A stored eNTK that is not positive definite in float64 (a Cholesky pivot fails) is
-reported the same way: λ_min = 0 with the factor's message.
+reported the same way: λ_min = 0 with the factor's message. Every eigenvalue is that of the
+kernel as computed in the model's dtype: for a float32 model, λ_min of a kernel whose
+condition number nears ``1/ε₃₂ ≈ 10⁷`` and beyond carries that kernel's round-off
+(recompute in float64 to tell).
 """
 
 from __future__ import annotations

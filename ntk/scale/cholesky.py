@@ -164,7 +164,8 @@ def factor(
         raise ValueError(f"shift: must be a finite number >= 0, got {shift!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "ntk.cholesky/1", "kernel": str(Path(kernel.path).resolve()),
+    ident = ("kind", "shape", "dtype", "params_sha256", "x1_sha256", "kind_options")
+    meta = {"format": "ntk.cholesky/1", "kernel": {k: kernel.meta.get(k) for k in ident},
             "starts": starts, "shift": float(shift)}  # fmt: skip
     meta_file = path / _META
     if meta_file.exists():

@@ -88,6 +88,8 @@ def test_interrupted_factor_resumes_from_the_first_missing_panel(tmp_path):
         "panel_0.npy",
         "panel_1.npy",
     ]
+    (tmp_path / "entk").rename(tmp_path / "moved")  # the factor knows its kernel by content
+    k = ntk.open_kernel(tmp_path / "moved")
     again = []
     chol = factor(k, tmp_path / "L", progress=False, callback=lambda d, j: again.append(j))
     assert again == [3, 4]  # panels 2 and 3 (callbacks count from 1)
