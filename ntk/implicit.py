@@ -259,7 +259,9 @@ def extreme_eigenvalues(
     and ``x`` left out: a square ``[N, N]`` kernel is the ``N × N`` operator, an
     ``[N, N, O, O]`` eNTK the ``NO × NO`` one; each matvec streams the store once, one block
     in memory (the upper triangle only, for a symmetric store), so kernels larger than
-    memory work. ``kind`` and ``batch_size`` are then unused.
+    memory work. ``kind`` and ``batch_size`` are then unused. For the smallest eigenvalues
+    of an ill-conditioned stored kernel, :mod:`ntk.scale.cholesky` (Lanczos on the inverse,
+    by an out-of-core factor) needs far fewer passes.
 
     Args:
       apply_fn, params, x, batch_size: as for :func:`entk_matvec`.
