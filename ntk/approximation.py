@@ -75,6 +75,7 @@ from jax.extend.core import Var
 
 from ntk import atomic, checks
 from ntk.checks import check_choice
+from ntk.implicit import extreme_eigenvalues
 from ntk.kernels.api import KernelFn
 from ntk.kernels.estimates import default_memory_budget
 from ntk.kernels.implementations import sub_jaxprs
@@ -1144,7 +1145,7 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
                     None,
                 )
             except cholesky.NotPositiveDefinite as e:
-                factors[name, r] = None, f"{name}, ridge {r:g}: {e}; λ_min reported as 0"
+                factors[name, r] = None, f"{name}, ridge {r:g}: {e}"
         return factors[name, r]
 
     def read_whole(kernel) -> bool:  # N × N (or diagonal's O of them) within budget/4
@@ -1158,15 +1159,15 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
         tol, note = settings["lanczos_tol"], None
         op, bar = operator(kernel, f"eigenvalues {name}")
         try:
-            lam_max = _arpack(op, tol, "LA")
+            ends = "both" if kernel.ndim == 3 and not zeros[name] else "largest"
+            out = extreme_eigenvalues(op, k=1, tol=tol, ends=ends)
+            lam_max, lam_min = out["lambda_max"], out["lambda_min"]  # diagonal: Lanczos both
             if zeros[name]:
                 lam_min = 0.0  # by rank; noted above
-            elif kernel.ndim == 3:  # diagonal too large to read whole: Lanczos
-                lam_min = _arpack(op, tol, "SA")
-            else:
+            elif kernel.ndim != 3:  # the eNTK or an N × N kind: by its factor
                 f, why = factored(name, 0.0)
                 if f is None:
-                    lam_min, note = 0.0, why
+                    lam_min, note = 0.0, f"{why}; λ_min reported as 0"
                 else:
                     low = cholesky.smallest_eigenvalues(f, tol=tol, tick=op.tick)
                     lam_min = float(low["smallest"][0])
@@ -1233,23 +1234,6 @@ def _stored(ctx: _Context, root: Path, settings: dict, y_te, progress: bool, cal
             factors.pop((name, r), None)
         shutil.rmtree(root / "factors", ignore_errors=True)  # the phases reading them are saved
     return raw
-
-
-def _arpack(op: _Operator, tol: float, which: str) -> float:
-    """The largest (``"LA"``) or smallest (``"SA"``) eigenvalue of a stored operator by
-    Lanczos (ARPACK ``eigsh``), one pass over the store per step."""
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    s = op.shape
-    shape_v = s[1:2] if len(s) == 2 else (s[1], s[3])
-    dim = math.prod(shape_v)
-
-    def mv(v):
-        return op.matvec(np.reshape(v, (*shape_v, -1))).reshape(np.shape(v))
-
-    lin = LinearOperator((dim, dim), matvec=mv, matmat=mv, dtype=np.float64)
-    v0 = np.random.default_rng(0).standard_normal(dim)
-    return float(eigsh(lin, k=1, which=which, tol=tol, v0=v0, return_eigenvectors=False)[0])
 
 
 def _dense_nn(kernel) -> np.ndarray:

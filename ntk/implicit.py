@@ -247,6 +247,7 @@ def extreme_eigenvalues(
     seed: int = 0,
     preconditioner: Callable[[np.ndarray], np.ndarray] | None = None,
     n_vectors: int = 32,
+    ends: str = "both",
 ) -> dict[str, Any]:
     """Largest and smallest eigenvalues of ``Θ(X, X)`` (``NO × NO``) or the pNTK (``N × N``)
     by Lanczos (ARPACK ``eigsh``, ``which="LA"`` and ``"SA"``) on the implicit operator.
@@ -281,6 +282,9 @@ def extreme_eigenvalues(
         every residual ``‖Θv − λv‖ ≤ tol·λ`` (so ``|λ − λ_true| ≤ tol·λ``), or at the
         round-off floor ``D·ε·λ_max``; ``maxiter`` (default 1,000) bounds its iterations.
       n_vectors: LOBPCG's block size (with a preconditioner only).
+      ends: ``"both"``, ``"largest"`` or ``"smallest"``: the ends computed; an end left out
+        is NaN in ``lambda_max``/``lambda_min`` and absent from ``largest``/``smallest``
+        (with a preconditioner the largest end is computed anyway: LOBPCG's floor needs it).
 
     Returns:
       ``dict(lambda_max=float, lambda_min=float, largest=[k] descending, smallest=[k]
@@ -292,7 +296,8 @@ def extreme_eigenvalues(
     if preconditioner is not None and not callable(preconditioner):
         raise TypeError(f"preconditioner: expected a callable or None, got {preconditioner!r}")
     _check_positive("n_vectors", n_vectors)
-    opts = dict(k=k, tol=tol, maxiter=maxiter, seed=seed)
+    check_choice("ends", ends, ("both", "largest", "smallest"))
+    opts = dict(k=k, tol=tol, maxiter=maxiter, seed=seed, ends=ends)
     opts.update(preconditioner=preconditioner, n_vectors=n_vectors)
     if is_stored(apply_fn):
         return _stored_eigenvalues(apply_fn, params, x, **opts)
@@ -338,10 +343,10 @@ def _stored_eigenvalues(kernel, params, x, **opts) -> dict[str, Any]:
 
 
 def _lanczos(
-    host_mv, dim: int, *, k, tol, maxiter, seed, preconditioner=None, n_vectors=32
+    host_mv, dim: int, *, k, tol, maxiter, seed, preconditioner=None, n_vectors=32, ends="both"
 ) -> dict[str, Any]:
-    """Both ends of the spectrum of a symmetric float64 host operator: ARPACK, or ARPACK for
-    the largest and preconditioned LOBPCG for the smallest (``host_mv`` takes ``[D]`` or
+    """The ``ends`` of the spectrum of a symmetric float64 host operator: ARPACK, or ARPACK
+    for the largest and preconditioned LOBPCG for the smallest (``host_mv`` takes ``[D]`` or
     ``[D, C]``)."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
@@ -354,8 +359,10 @@ def _lanczos(
     op = LinearOperator((dim, dim), matvec=counted, matmat=counted, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)
     result = {}
-    ends = (("LA", "largest"),) if preconditioner else (("LA", "largest"), ("SA", "smallest"))
-    for which, name in ends:
+    small = ends != "largest"
+    arpack = [("LA", "largest")] if ends != "smallest" or (preconditioner and small) else []
+    arpack += [("SA", "smallest")] if small and not preconditioner else []
+    for which, name in arpack:
         try:
             vals = eigsh(
                 op, k=k, which=which, tol=tol, maxiter=maxiter, v0=v0, return_eigenvectors=False
@@ -366,7 +373,7 @@ def _lanczos(
                 f"matvecs; converged so far: {e.eigenvalues}. Raise maxiter or tol."
             ) from e
         result[name] = np.sort(vals)[::-1] if which == "LA" else np.sort(vals)
-    if preconditioner:
+    if preconditioner and small:
         floor = dim * np.finfo(np.float64).eps * float(result["largest"][0])
         m = max(n_vectors, k)
         smallest = _lobpcg_smallest(
@@ -374,8 +381,8 @@ def _lanczos(
         )
         result.update(smallest)
     return {
-        "lambda_max": float(result["largest"][0]),
-        "lambda_min": float(result["smallest"][0]),
+        "lambda_max": float(result["largest"][0]) if "largest" in result else math.nan,
+        "lambda_min": float(result["smallest"][0]) if "smallest" in result else math.nan,
         **result,
         "n_matvecs": calls[0],
     }

@@ -184,6 +184,26 @@ def test_stored_equals_in_memory_and_json_round_trips(tmp_path):
     assert "pntk" in str(mem) and "readout width 32" in str(mem)
 
 
+def test_stored_kinds_too_large_to_read_whole_equal_in_memory(tmp_path):
+    f, params = _mlp()
+    x, y, xt, yt = _data(n=20, m=7)
+    kw = dict(x_test=xt, y_test=yt, ridge=0.01, timing_repeats=1, kinds=("pntk", "diagonal"))
+    mem = ntk.approximation_report(f, params, x, y, **kw)
+    st = ntk.approximation_report(
+        f, params, x, y, path=tmp_path / "r", block_size=8, progress=False, lanczos_tol=1e-13,
+        cg_tol=1e-13, cg_maxiter=5000, memory_budget=4 * 8 * 20 * 20 - 1, **kw,
+    )  # fmt: skip  # below a quarter of budget: pNTK by its factor, diagonal by Lanczos, CG
+    assert not st.notes
+    for name in kw["kinds"]:
+        a, b = mem.kinds[name], st.kinds[name]
+        np.testing.assert_allclose(b.lambda_max, a.lambda_max, rtol=1e-11)
+        np.testing.assert_allclose(b.lambda_min, a.lambda_min, rtol=1e-9)
+        for key, reg in a.regression.items():
+            np.testing.assert_allclose(
+                b.regression[key]["pred_rel_diff"], reg["pred_rel_diff"], rtol=1e-7
+            )
+
+
 def test_rank_deficient_entk_has_lambda_min_zero_in_both_modes(tmp_path):
     f, params = _mlp(width=4)  # 39 parameters < N·O = 60: Θ has rank ≤ 39
     x, y, xt, yt = _data(n=20, m=7)

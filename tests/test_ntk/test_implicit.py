@@ -1,6 +1,7 @@
 """Implicit eNTK/pNTK operators against dense kernels: matvecs, eigenvalues, CG regression."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,13 @@ def test_extreme_eigenvalues_match_eigvalsh(kind):
     np.testing.assert_allclose(res["largest"], eig[::-1][:2], rtol=1e-8)
     np.testing.assert_allclose(res["smallest"], eig[:2], rtol=1e-8)
     assert res["lambda_max"] == res["largest"][0] and res["lambda_min"] == res["smallest"][0]
+    top = implicit.extreme_eigenvalues(
+        apply_fn, params, x, kind=kind, k=2, tol=1e-12, ends="largest"
+    )
+    np.testing.assert_allclose(top["largest"], res["largest"], rtol=1e-10)
+    assert "smallest" not in top and math.isnan(top["lambda_min"])
+    with pytest.raises(ValueError, match="ends"):
+        implicit.extreme_eigenvalues(apply_fn, params, x, ends="top")
 
 
 def test_preconditioned_lobpcg_finds_lambda_min_of_ill_conditioned_entk():
