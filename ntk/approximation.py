@@ -34,7 +34,7 @@ Two ways to compute, same definitions:
   the symmetric kernels counted twice). λ_max comes from Lanczos on the stored operator. For
   λ_min and the eNTK's regressions, ``Θ (+ ridge)`` is factored by an out-of-core Cholesky
   (:mod:`ntk.scale.cholesky`: panels on disk under ``DIR/factors/``, two in memory, ``D³/3``
-  multiply-adds for ``D = N·O``): λ_min is the reciprocal of the largest eigenvalue of
+  FLOPs for ``D = N·O``): λ_min is the reciprocal of the largest eigenvalue of
   ``Θ⁻¹`` (Lanczos on the factor's solves; clustered small eigenvalues of Θ are well
   separated there), and each regression is one exact solve. ``N × N`` kinds (and
   ``diagonal``'s O kernels) that fit the memory budget four times over are read whole and

@@ -7,9 +7,9 @@ eigenvalues (Lanczos on ``K⁻¹``) and exact solves with ``K``.
 ``j`` holds the columns of the store's sample block ``j`` and the rows from its diagonal down,
 ``[D − c_j, w_j]`` float64 (``c_j`` its first column, ``w_j = B·O`` its width). Making panel ``j``
 reads the store's blocks of its column once and every earlier panel once, so memory holds two
-panels (``≤ 2·D·B·O·8`` bytes) whatever ``N``; the work is ``D³/3`` multiply-adds, nearly all
-in matrix products. Each finished panel is written atomically to ``path/panel_J.npy``: a run
-that is stopped resumes from the first missing panel.
+panels (``≤ 2·D·B·O·8`` bytes) whatever ``N``; the work is ``D³/3`` FLOPs (plus terms in
+``D²·w``), nearly all in matrix products. Each finished panel is written atomically to
+``path/panel_J.npy``: a run that is stopped resumes from the first missing panel.
 
 A pivot that is not positive (``K`` is not positive definite in float64) raises
 :class:`NotPositiveDefinite`; the panels written so far stay on disk and are valid.
@@ -205,7 +205,7 @@ def factor(
             if e < dim:
                 a[w:] = solve_triangular(ljj, a[w:].T, lower=True, check_finite=False).T
             atomic.save_npy(path / f"panel_{j}.npy", a)
-            if cache and out._cache is not None:
+            if out._cache is not None:
                 out._cache[j] = a
             bar.update(1)
             if callback is not None:
