@@ -9,6 +9,8 @@ Public API (see README):
 * metrics: :func:`relative_frobenius_error`, :func:`compare_spectra`, :func:`as_matrix`,
   :func:`kron_identity`.
 * regression: :func:`kernel_regression`, :func:`linearized_prediction`, :func:`accuracy`.
+* look-ahead active learning: :func:`lookahead` (any model, through its kernel function),
+  :func:`lookahead_from_kernels` (precomputed kernels), :class:`LookAhead` (scores, query).
 * is an approximation good enough for my model: :func:`approximation_report` (every kind
   against the eNTK: errors, spectra, regression, cost, readout facts; in memory or stored).
 * adapters: :func:`from_equinox`, :func:`from_linen`, :func:`from_nnx`, :func:`from_train_state`.
@@ -28,6 +30,7 @@ from ntk.adapters import from_equinox, from_linen, from_nnx, from_train_state
 from ntk.approximation import ApproximationReport, approximation_report
 from ntk.kernels import *  # noqa: F403  (the kernels' API, listed once in ntk.kernels.__all__)
 from ntk.kernels import __all__ as _kernels_all
+from ntk.lookahead import LookAhead, lookahead, lookahead_from_kernels
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
 from ntk.scale.sharding import sharded_kernel
@@ -52,6 +55,9 @@ __all__ = [
     "kernel_regression",
     "kron_identity",
     "linearized_prediction",
+    "LookAhead",
+    "lookahead",
+    "lookahead_from_kernels",
     "relative_frobenius_error",
     "sharded_kernel",
     "stream_kernel",
