@@ -55,6 +55,11 @@ EXPECTED = {
         r"^attention readout width 8 pNTK error \d+\.\d+",
         r"approximation report \(in memory\): N=6 points, 6 test, O=10",
     ],
+    "05_lookahead_active_learning.ipynb": [
+        r"^pntk changes \(24,\) query \[(\d+, ){4}\d+\] max changes \d+",
+        r"^entk changes \(24,\) query \[(\d+, ){4}\d+\] max changes \d+",
+        r"^pNTK vs eNTK L2 scores: correlation -?\d\.\d+",
+    ],
 }
 
 
