@@ -133,6 +133,20 @@ class StoredCholesky:
         return y.reshape(v.shape)
 
 
+def _claim(path: Path, kernel, starts: list[int], shift: float) -> None:
+    """``path/_META`` written if new; a factor of another kernel or layout there is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    ident = ("kind", "shape", "dtype", "params_sha256", "x1_sha256", "kind_options")
+    meta = {"format": "ntk.cholesky/1", "kernel": {k: kernel.meta.get(k) for k in ident},
+            "starts": starts, "shift": float(shift)}  # fmt: skip
+    meta_file = path / _META
+    if meta_file.exists():
+        if json.loads(meta_file.read_text()) != meta:
+            raise ValueError(f"path: {str(path)!r} holds the factor of another kernel or layout")
+    else:
+        atomic.write_json(meta_file, meta, sort_keys=True)
+
+
 def factor(
     kernel,
     path: str | os.PathLike,
@@ -163,16 +177,7 @@ def factor(
     if not (np.isfinite(shift) and shift >= 0):
         raise ValueError(f"shift: must be a finite number >= 0, got {shift!r}")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    ident = ("kind", "shape", "dtype", "params_sha256", "x1_sha256", "kind_options")
-    meta = {"format": "ntk.cholesky/1", "kernel": {k: kernel.meta.get(k) for k in ident},
-            "starts": starts, "shift": float(shift)}  # fmt: skip
-    meta_file = path / _META
-    if meta_file.exists():
-        if json.loads(meta_file.read_text()) != meta:
-            raise ValueError(f"path: {str(path)!r} holds the factor of another kernel or layout")
-    else:
-        atomic.write_json(meta_file, meta, sort_keys=True)
+    _claim(path, kernel, starts, shift)
     out = StoredCholesky(path, starts, cache)
     n_panels = len(starts) - 1
     done = [(path / f"panel_{j}.npy").exists() for j in range(n_panels)]
