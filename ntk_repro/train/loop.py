@@ -15,16 +15,19 @@ and a run directory ``OUT`` and writes ``OUT/config.yaml``, ``OUT/metrics.jsonl`
   :data:`ntk_repro.train.checkpoint.RESUME_IGNORED_KEYS` refuses to resume and names the keys.
 * Callbacks ``fn(event: CheckpointEvent)`` run after each checkpoint is finalised on disk
   (see :class:`CheckpointEvent`); they are the hook for kernels at checkpoints.
-* Divergence: the first epoch with a non-finite training loss (or non-finite parameters or
-  optimiser state) stops the run with a log message naming epoch, step and learning rate.
-  Nothing of that epoch is kept: no metrics record, no checkpoint, no callback (so no kernel
-  of non-finite parameters); ``OUT/status.json`` says ``"status": "diverged"``. With
-  ``trainer.on_divergence=lower_lr`` the run restarts instead from its last checkpoint at a
-  tenth of the learning rate (one checkpoint further back when a restart from there diverged
-  again; at most ``trainer.max_lr_restarts`` times), recorded in ``status.json``'s
-  ``lr_lowered``. ``train`` returns normally either way, so the command line exits with
-  status 0 and a Hydra multirun sweep goes on past a diverged run; callers read
-  :attr:`TrainResult.diverged`, and the report lists such runs and leaves them out.
+* Divergence: a non-finite initialisation (parameters, or the loss evaluated at epoch 0)
+  stops the run at epoch 0, step 0, before any checkpoint or kernel, naming the settings to
+  look at (no learning rate can help, so ``lower_lr`` does not retry). The first epoch with
+  a non-finite training loss (or non-finite parameters or optimiser state) stops the run
+  with a log message naming epoch, step and learning rate. Nothing of that epoch is kept: no
+  metrics record, no checkpoint, no callback (so no kernel of non-finite parameters);
+  ``OUT/status.json`` says ``"status": "diverged"``. With ``trainer.on_divergence=lower_lr``
+  the run restarts instead from its last checkpoint at a tenth of the learning rate (one
+  checkpoint further back when a restart from there diverged again; at most
+  ``trainer.max_lr_restarts`` times), recorded in ``status.json``'s ``lr_lowered``.
+  ``train`` returns normally either way, so the command line exits with status 0 and a Hydra
+  multirun sweep goes on past a diverged run; callers read :attr:`TrainResult.diverged`, and
+  the report lists such runs and leaves them out.
 
 Example::
 
@@ -233,15 +236,32 @@ class TrainResult:
 
 class _Diverged(Exception):
     """Raised inside the epoch loop at the first non-finite loss, parameter or optimiser
-    state; :func:`_on_divergence` decides what follows."""
+    state; :func:`_on_divergence` decides what follows. At epoch 0 (``at_init``) it is the
+    initialisation that is not finite, before any optimiser step."""
 
     def __init__(self, epoch: int, step: int, learning_rate: float, reason: str):
         self.info = {"epoch": epoch, "step": step, "learning_rate": learning_rate}
         self.info["reason"] = reason
+        self.at_init = epoch == 0
         super().__init__(
             f"training diverged at epoch {epoch}, step {step} "
             f"(learning rate {learning_rate:g}): {reason}"
         )
+
+
+def _init_settings(cfg: Mapping) -> str:
+    """The settings to look at when the initialisation is not finite: the model's scale
+    settings (``sigma*``), those whose value overflows float32 (the parameters' dtype)
+    first, and the data."""
+    model = cfg["model"]
+    scales = {k: v for k, v in model.items() if "sigma" in k and isinstance(v, int | float)}
+    big = [k for k, v in scales.items() if abs(float(v)) > _FLOAT32_MAX]
+    named = [f"model.{k}={scales[k]:g} (overflows float32)" for k in big]
+    named += [f"model.{k}={v:g}" for k, v in scales.items() if k not in big]
+    return ", ".join(named + [f"the inputs of data={cfg['data']['name']}"])
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def load_data(cfg: Mapping) -> Dataset:
@@ -391,6 +411,17 @@ def _on_divergence(run: _Run, error: _Diverged, before: tuple) -> int | None:
     saved = ckpt.checkpoint_epochs_saved(run.out)  # all finite: none is saved otherwise
     limit = int(run.trainer["max_lr_restarts"])
     lower = run.trainer["on_divergence"] == "lower_lr"
+    if error.at_init:  # no step was taken: no learning rate changes the initialisation
+        run.diverged = info
+        log.error(
+            "%s. The run stops at initialisation, before any step: no checkpoint is kept and "
+            "no kernel computed; a lower learning rate cannot help (trainer.on_divergence is "
+            "not used). Look at %s. %s marks it diverged.",
+            error,
+            _init_settings(run.cfg),
+            run.out / ckpt.STATUS_FILE,
+        )
+        return None
     if lower and saved and len(run.lr_lowered) < limit:
         new_lr, restart = run.lr / LR_FACTOR, _restart_epoch(run, saved)
         log.warning(
@@ -446,9 +477,12 @@ def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
     n_eval = len(ds.y_train) if trainer["train_eval_size"] is None else trainer["train_eval_size"]
     n_test = len(ds.y_test) if trainer.get("test_eval_size") is None else trainer["test_eval_size"]
     n_eval, n_test, bs = int(n_eval), int(n_test), trainer["eval_batch_size"]
+    if epoch == 0 and not bool(all_finite(run.state)):
+        raise _Diverged(0, run.step, run.lr, "the initial parameters are not finite")
     train_m = evaluate(run.eval_step, run.state, ds.x_train[:n_eval], ds.y_train[:n_eval], bs)
-    if epoch > 0 and not math.isfinite(train_m["loss"]):  # a trained state gone bad
-        raise _Diverged(epoch, run.step, run.lr, f"evaluated train_loss is {train_m['loss']}")
+    if not math.isfinite(train_m["loss"]):  # at init: the initial network's outputs
+        what = "initial training loss" if epoch == 0 else "evaluated train_loss"
+        raise _Diverged(epoch, run.step, run.lr, f"{what} is {train_m['loss']}")
     test_m = evaluate(run.eval_step, run.state, ds.x_test[:n_test], ds.y_test[:n_test], bs)
     record = {
         "epoch": epoch,

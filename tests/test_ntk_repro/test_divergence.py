@@ -284,3 +284,26 @@ def test_build_report_names_diverged_runs_and_keeps_them_from_the_fits(tmp_path)
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Diverged runs" in text and "| w1024_s0 | 3 | 42 | 1000000.0 |" in text
     assert "## Diverged runs" not in _diverged_md([])
+
+
+@pytest.mark.parametrize("on_divergence", ["stop", "lower_lr"])
+def test_a_nonfinite_initialisation_stops_at_epoch_0_step_0(tmp_path, on_divergence):
+    """sigma_w = 1e300 overflows float32: the initial network's loss is nan. The run stops
+    before any step, keeps no checkpoint, computes no kernel, names the setting, and
+    lower_lr does not retry (no learning rate changes the initialisation)."""
+    cfg = _cfg(STOP_LR, on_divergence=on_divergence)
+    cfg["model"]["sigma_w"] = 1e300
+    kernels = _Kernels()
+    result, messages = _train_logged(cfg, tmp_path, [kernels])
+    assert result.diverged["epoch"] == 0 and result.diverged["step"] == 0
+    assert "initial" in result.diverged["reason"]
+    assert (result.epoch, result.step, result.metrics, result.lr_lowered) == (0, 0, [], [])
+    status = json.loads((tmp_path / ckpt.STATUS_FILE).read_text())
+    assert status["status"] == "diverged" and status["diverged"] == result.diverged
+    assert (status["epoch"], status["step"]) == (0, 0)
+    assert ckpt.checkpoint_epochs_saved(tmp_path) == [] and kernels.epochs == []
+    assert ckpt.read_metrics(tmp_path) == []
+    (error,) = [r.getMessage() for r in messages]  # one error, no restart warning
+    assert "epoch 0, step 0" in error and "model.sigma_w=1e+300 (overflows float32)" in error
+    assert "cannot help" in error and "last finite checkpoint" not in error
+    assert divergence_of(tmp_path)["epoch"] == 0
