@@ -167,3 +167,8 @@ clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 .PHONY: help install lock lock-upgrade test test-slow lint format bench bench-scale clean reproduce report readme-results reproduce-paper fig-width fig-float32 fig-training fig-linearized fig-spectra fig-regression fig-cost
+
+.PHONY: active-learning
+active-learning: export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/results/jax_cache
+active-learning: $(STAMP) ## Look-ahead active learning on mnist5k (pNTK, eNTK, random, entropy, margin; C8) -> results/active_learning (not in reproduce)
+	$(PY) experiments/active_learning.py
