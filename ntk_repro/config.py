@@ -150,6 +150,7 @@ class KernelSchema:
     approximations: list[str] = MISSING
     batch_size: int | None = MISSING
     save_kernels: bool = MISSING
+    solve_outputs: list[int] = MISSING
 
 
 @dataclass

@@ -38,6 +38,7 @@ def kernel_options(kcfg: Mapping[str, Any]) -> dict:
         compare_float32=bool(kcfg.get("compare_float32", False)),
         timing_repeats=int(kcfg.get("timing_repeats", 1)),
         measure=kcfg.get("measure", "auto"),
+        solve_outputs=tuple(int(o) for o in kcfg.get("solve_outputs") or ()),
     )
 
 

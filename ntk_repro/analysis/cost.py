@@ -1,5 +1,6 @@
-"""What a kernel costs: warm time, XLA's compiled memory and the FLOP model of the
-implementation that ran.
+"""What a kernel costs: warm time, XLA's compiled memory, the bytes of the kernel arrays and
+the FLOP model of the implementation that ran; and what the kernel-regression solve costs with
+the eNTK (an NO×NO system) and with the pNTK (N×N) as O grows.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import jax
 import numpy as np
 
 from ntk.kernels.estimates import implementation_estimates
+from ntk.regression import kernel_regression
 from ntk_repro.analysis.calls import cached_kernel_fn, timed
 
 
@@ -56,6 +58,9 @@ def kernel_cost(apply_fn, params, x, kw, implementation, batch_size, repeats) ->
             t0 = time.perf_counter()
             k = np.asarray(jax.block_until_ready(kfn(params, x, **kw)), np.float64)
             warm, first, lo, hi = None, time.perf_counter() - t0, None, None
+        # the kernel array's own bytes, in the dtype it was computed in (the parameters')
+        itemsize = np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).itemsize
+        s[f"array_bytes_{kind}"] = int(k.size) * int(itemsize)
         s[f"time_{kind}_s"], s[f"time_first_{kind}_s"] = warm, first
         s[f"time_{kind}_s_min"], s[f"time_{kind}_s_max"] = lo, hi
         # XLA's memory analysis compiles the unblocked computation once more, and the FLOP
@@ -70,6 +75,43 @@ def kernel_cost(apply_fn, params, x, kw, implementation, batch_size, repeats) ->
     s["num_outputs"] = int(s["_entk"].shape[-1])
     s["backend"] = jax.default_backend()
     return s
+
+
+# The ridge of the timed solves (relative to mean diag K): the solve's cost does not depend
+# on it; a ridge keeps float32-computed kernels off the singular-system path.
+SOLVE_RIDGE = 1e-4
+
+
+def solve_cost(entk_NNOO: np.ndarray, outputs, repeats: int) -> dict:
+    """Warm time of :func:`ntk.kernel_regression`'s solve with the eNTK (an NO'×NO' system,
+    targets flattened) and with the pNTK (N×N, all O' outputs at once), for each O' in
+    ``outputs`` (each ≤ O), at this kernel's N.
+
+    The eNTK of the first O' outputs is the leading O'×O' block of every N×N entry of the
+    eNTK (the model whose readout keeps its first O' rows), and its pNTK is (1/O') times the
+    sum of that block (the pNTK identity), so one kernel gives the whole O' sweep at fixed N.
+    One untimed call, then ``repeats`` timed calls per kernel and O' (numpy: nothing to
+    compile). Returns ``solve_times_entk_s@O=o`` / ``solve_times_pntk_s@O=o`` (every repeat,
+    seconds) and ``solve_n`` (N).
+    """
+    n, _, o, _ = entk_NNOO.shape
+    rng = np.random.default_rng(0)
+    out: dict = {"solve_n": int(n)}
+    for o2 in sorted({int(v) for v in outputs}):
+        if not 1 <= o2 <= o:
+            raise ValueError(f"kernel.solve_outputs: {o2} is not in 1..O = {o}")
+        k_e = np.ascontiguousarray(entk_NNOO[:, :, :o2, :o2], np.float64)
+        k_p = k_e.sum(axis=(2, 3)) / o2
+        y = rng.normal(size=(n, o2))
+        for kind, k in (("entk", k_e), ("pntk", k_p)):
+            kernel_regression(k, k[:1], y, ridge=SOLVE_RIDGE)
+            times = []
+            for _ in range(max(int(repeats), 1)):
+                t0 = time.perf_counter()
+                kernel_regression(k, k[:1], y, ridge=SOLVE_RIDGE)
+                times.append(time.perf_counter() - t0)
+            out[f"solve_times_{kind}_s@O={o2}"] = times
+    return out
 
 
 def _flop_model(kfn, apply_fn, params, x, kw) -> tuple[str, float | None]:

@@ -20,7 +20,7 @@ import numpy as np
 from ntk.metrics import as_matrix, compare_spectra, kron_identity, relative_frobenius_error
 from ntk.regression import accuracy, kernel_regression, linearized_prediction
 from ntk_repro.analysis.calls import cached_kernel_fn, cast_tree, precision, rel_diff, timed
-from ntk_repro.analysis.cost import kernel_cost
+from ntk_repro.analysis.cost import kernel_cost, solve_cost
 from ntk_repro.analysis.evalset import EvalSet
 
 
@@ -49,6 +49,7 @@ def kernel_metrics(
     compare_float32: bool = False,
     timing_repeats: int = 1,
     measure: str = "auto",
+    solve_outputs: Sequence[int] = (),
 ) -> KernelResult:
     """All paper metrics for one set of parameters.
 
@@ -75,6 +76,10 @@ def kernel_metrics(
         ``time_*_s_min`` / ``_max``).
       measure: ``"all"``; ``"cost"``: time and memory only (any O; no labels needed);
         ``"auto"``: all when the model has one output per class, else cost.
+      solve_outputs: cost runs only: the O' values at which the kernel-regression solve is
+        timed (:func:`ntk_repro.analysis.cost.solve_cost`, on sub-blocks of this run's
+        eNTK). Timed only in the run whose O equals the largest of them, so an O sweep
+        times it once; empty: not timed.
 
     Returns:
       :class:`KernelResult` with scalars (``relative_frobenius_error``,
@@ -99,6 +104,8 @@ def kernel_metrics(
             measure = "all" if n_out == evalset.num_classes else "cost"
         if measure == "cost":
             cost = kernel_cost(apply_fn, p, x_tr, k_state, *options, timing_repeats)
+            if solve_outputs and cost["num_outputs"] == max(int(v) for v in solve_outputs):
+                cost.update(solve_cost(cost["_entk"], solve_outputs, timing_repeats))
             return KernelResult({k: v for k, v in cost.items() if not k.startswith("_")}, {})
         x_te = cast_tree(np.asarray(evalset.x_test), dtype)
         res = _quality(apply_fn, p, x_tr, x_te, evalset, k_state, ridges, options, timing_repeats)
@@ -207,7 +214,7 @@ def _spectra(entk_NNOO, pntk_NN, s: dict) -> dict:
 
 
 def _regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s: dict) -> dict:
-    """Kernel regression with both kernels at every ridge, in two arms: adds the ``kr_*``
+    """Kernel regression with both kernels at every ridge, in three arms: adds the ``kr_*``
     scalars to ``s`` and returns the predictions.
 
     * relative ridge (``@ridge=r``, and without a suffix at r = 0): each kernel K gets
@@ -215,15 +222,27 @@ def _regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s: d
     * absolute ridge (``@abs_ridge=r``, r > 0): one λ = ``r·mean(diag Θ)`` for Θ and for
       pNTK⊗I alike. Ridgeless predictions are scale-invariant and a ridge is not, so the two
       arms differ by how far the pNTK's scale is from Θ's (``pntk_diag_scale`` =
-      mean diag pNTK / mean diag Θ).
+      mean diag pNTK / mean diag Θ);
+    * the talk's setting (``@unscaled_ridge=r``, r > 0): the pNTK of Σₒ fₒ without the
+      1/√O ("we are not scaling the function values anymore"), O times ours, with the one
+      λ = ``r·mean(diag Θ)`` of the absolute arm. Its effective ridge is λ/O against Θ's λ,
+      so where pNTK⊗I ≈ Θ its predictions tend to Θ's at ridge λ/O, not at λ: the floor
+      the difference levels off at is ``kr_floor@unscaled_ridge=r`` = ‖pred_Θ(λ/O) −
+      pred_Θ(λ)‖ / ‖pred_Θ(λ)‖, from this run's own eNTK.
     """
     arrays = {}
+    o = entk_tt.shape[-1]
     scale = float(np.mean(np.diagonal(pntk_tt)) / np.mean(np.einsum("nnoo->no", entk_tt)))
     s["pntk_diag_scale"] = scale
     arms = [("ridge", r, r, r) for r in ridges]
     arms += [("abs_ridge", r, r, r / scale) for r in ridges if r > 0]
+    # kernel_regression's ridge is relative to mean diag K: λ / mean diag(O·pNTK) = r/(O·scale)
+    arms += [("unscaled_ridge", r, r, r / (o * scale)) for r in ridges if r > 0]
+    by_ridge = {}
     for arm, ridge, r_e, r_p in arms:
-        p_e = kernel_regression(entk_tt, entk_st, y_onehot, ridge=r_e)
+        p_e = by_ridge.get(r_e)
+        if p_e is None:
+            p_e = by_ridge[r_e] = kernel_regression(entk_tt, entk_st, y_onehot, ridge=r_e)
         p_p = kernel_regression(pntk_tt, pntk_st, y_onehot, ridge=r_p)
         vals = {
             "kr_pred_rel_diff": rel_diff(p_p, p_e),
@@ -231,6 +250,9 @@ def _regression(entk_tt, entk_st, pntk_tt, pntk_st, y_onehot, y_te, ridges, s: d
             "kr_acc_pntk": accuracy(p_p, y_te),
             "kr_argmax_disagree": float(np.mean(np.argmax(p_e, 1) != np.argmax(p_p, 1))),
         }
+        if arm == "unscaled_ridge":  # Θ's own predictions at the pNTK's effective ridge λ/O
+            p_floor = kernel_regression(entk_tt, entk_st, y_onehot, ridge=r_e / o)
+            vals["kr_floor"] = rel_diff(p_floor, p_e)
         for key, val in vals.items():
             s[f"{key}@{arm}={ridge:g}"] = val
             if ridge == 0:

@@ -7,6 +7,7 @@ the paper's claims C1–C7 on them (:mod:`ntk_repro.report.claims`) and writes
 
 * ``summary.json``: ``{"claims": [...], "rows": [...], "ridges": [...], ...}``; each claim has
   ``id``, ``model``, ``measured``, ``expected``, ``verdict`` and the ``rule`` that decided it;
+  ``cost_model`` holds the library's FLOP model against the measured times (no verdict);
   ``diverged_runs`` lists the runs a non-finite training loss stopped (``run``, ``epoch``,
   ``step``, ``learning_rate``): they are left out of every row, table, figure and claim;
 * ``report.md`` and ``fig_*.png``; with W&B on (``WANDB_MODE`` not ``disabled``), the figures
@@ -38,6 +39,7 @@ from ntk_repro.report.markdown import (
 )
 from ntk_repro.report.tables import (
     HEADLINE,
+    cost_model,
     float32_effect,
     layer_share_table,
     linearized_table,
@@ -264,6 +266,7 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> di
     f32 = float32_effect(width_rows)
     lin = linearized_table(_of(rows, LINEARIZED))
     shares = layer_share_table(width_rows)
+    model_costs = cost_model(_of(rows, COST))
     summary = {
         "claims": [c.as_dict() for c in claims],
         "rows": summary_rows,
@@ -271,11 +274,13 @@ def build_report(runs_root: str | Path, out_dir: str | Path, *, ridges=()) -> di
         "float32_vs_float64": f32,
         "linearized": lin,
         "layer_shares": shares,
+        "cost_model": model_costs,
         "runs": len(runs),
         "diverged_runs": diverged,
     }
     atomic.write_text(out / "summary.json", json.dumps(summary, indent=1, default=_json_default))
-    md = report_md(rows, runs, claims, figs, f32, lin, shares, width_rows) + _diverged_md(diverged)
+    md = report_md(rows, runs, claims, figs, f32, lin, shares, width_rows, model_costs)
+    md += _diverged_md(diverged)
     atomic.write_text(out / "report.md", md)
     checks = [_check_line(c) for c in claims]
     _log_to_wandb(out, figs, claims)

@@ -70,6 +70,15 @@ def by_arm(rows, key: str | Callable, *, epoch=0, x="width") -> dict:
     return out
 
 
+def slope_label(points) -> str:
+    """The fitted log-log slope with its 95 % t interval, as every verdict uses it."""
+    s = fit_slope(points)
+    lo, hi = s.interval
+    if not np.isfinite(lo):
+        return f"slope {s.slope:.2f}"
+    return f"slope {s.slope:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def _series(ax, xs, ys, yerr=None, **kw):
     """One plotted series; an empty one is an error, never a silently missing line."""
     if len(xs) == 0:
@@ -125,15 +134,7 @@ def frobenius_vs_width(rows, path) -> str:
     if not series:
         raise ValueError("plot: no relative Frobenius errors at initialisation")
     for arm, (ws, mu, sd, pts) in series.items():
-        s = fit_slope(pts)
-        _series(
-            ax,
-            ws,
-            mu,
-            sd,
-            label=f"{arm_label(arm)}: slope {s.slope:.2f} ± {s.se:.2f}",
-            **_style(arm),
-        )
+        _series(ax, ws, mu, sd, label=f"{arm_label(arm)}: {slope_label(pts)}", **_style(arm))
     all_w = [w for ws, *_ in series.values() for w in ws]
     all_y = [m for _, mu, *_ in series.values() for m in mu]
     w0, w1 = min(all_w), max(all_w)
@@ -167,11 +168,8 @@ def eigen_vs_width(rows, path) -> str:
     )
     for ax, (key, ylabel, title) in zip(axes, panels, strict=True):
         for arm, (ws, mu, sd, pts) in by_arm(rows, key).items():
-            s = fit_slope(pts)
-            _series(
-                ax, ws, mu, sd, label=f"{arm_label(arm)}: {s.slope:.2f} ± {s.se:.2f}", **_style(arm)
-            )
-        _loglog(ax, "width", ylabel, f"{title} relative error (slope ± se)")
+            _series(ax, ws, mu, sd, label=f"{arm_label(arm)}: {slope_label(pts)}", **_style(arm))
+        _loglog(ax, "width", ylabel, f"{title} relative error (slope, 95 % t interval)")
         ax.legend(fontsize=6)
     fig.suptitle("C2/C3: spectra of pNTK⊗I against Θ at initialisation, by width", y=1.0)
     return _save(fig, path)
@@ -179,9 +177,11 @@ def eigen_vs_width(rows, path) -> str:
 
 def regression_vs_width(rows, ridges: Sequence[float] | None, path) -> str:
     """C4/C5: relative difference of eNTK and pNTK kernel-regression predictions vs width, one
-    panel per architecture, one line per ridge the runs used (``ridges``: a subset of those to
-    show; every one of them must be in the runs): solid for the ridge relative to each
-    kernel's scale, dotted for the absolute ridge (one λ for both) where the runs have it."""
+    column per architecture, one colour per ridge the runs used (``ridges``: a subset of those
+    to show; every one of them must be in the runs). Top row, C5's verdict: the talk's setting
+    (the unscaled pNTK, one λ for both kernels), with the floor the theory predicts (dashed)
+    where the runs have it. Bottom row, our finding: the ridge relative to each kernel's scale
+    (solid) and the absolute ridge with our scaled pNTK (dotted). Ridge 0 (thick) in both."""
     used = ridges_of(rows)
     ridges = used if not ridges else [float(r) for r in ridges]
     missing = sorted(set(ridges) - set(used))
@@ -193,26 +193,63 @@ def regression_vs_width(rows, ridges: Sequence[float] | None, path) -> str:
     arms = list(by_arm(rows, "kr_pred_rel_diff@ridge=0"))
     if not arms:
         raise ValueError("plot: no ridge-0 kernel regression in the runs")
-    fig, axes = plt.subplots(1, len(arms), figsize=(max(4.6 * len(arms), 7), 4.4), squeeze=False)
+    talk = any(k.startswith("kr_pred_rel_diff@unscaled_ridge=") for r in rows for k in r)
+    n_rows = 2 if talk else 1
+    fig, axes = plt.subplots(
+        n_rows, len(arms), figsize=(max(4.6 * len(arms), 7), 4.4 * n_rows), squeeze=False
+    )
     cmap = plt.get_cmap("viridis")
-    for ax, arm in zip(axes[0], arms, strict=True):
-        for i, ridge in enumerate(ridges):
-            series = by_arm(rows, f"kr_pred_rel_diff@ridge={ridge:g}")
-            if arm not in series:
-                raise ValueError(f"plot: ridge {ridge:g} has no points for {arm_label(arm)}")
-            # relative ridge (solid); absolute ridge, one λ for both kernels (C5's second arm)
-            lines = [("ridge", series[arm], {"lw": 2.5 if ridge == 0 else 1.2})]
-            absolute = by_arm(rows, f"kr_pred_rel_diff@abs_ridge={ridge:g}")
-            if ridge > 0 and arm in absolute:
-                lines.append(("absolute", absolute[arm], {"lw": 1.0, "ls": ":", "marker": "x"}))
-            for name, (ws, mu, sd, pts), style in lines:
-                label = f"{name} {ridge:g}: slope {fit_slope(pts).slope:.2f}"
+    for col, arm in enumerate(arms):
+        panels = [("finding", axes[-1][col])]
+        if talk:
+            panels.insert(0, ("talk", axes[0][col]))
+        for what, ax in panels:
+            for i, ridge in enumerate(ridges):
                 color = cmap(i / max(len(ridges) - 1, 1))
-                _series(ax, ws, mu, sd, color=color, label=label, **style)
-        _loglog(ax, "width", "‖pred_pNTK − pred_eNTK‖ / ‖pred_eNTK‖", arm_label(arm))
-        ax.legend(fontsize=6, title="ridge: relative (—), absolute (⋯)", title_fontsize=7)
+                for name, key, style in _regression_lines(what, ridge):
+                    series = by_arm(rows, key)
+                    if arm not in series:
+                        if name == "relative" or (ridge == 0 and name == "ridge"):
+                            raise ValueError(
+                                f"plot: ridge {ridge:g} has no points for {arm_label(arm)}"
+                            )
+                        continue
+                    ws, mu, sd, pts = series[arm]
+                    label = f"{name} {ridge:g}"
+                    if name != "floor":
+                        label += f": slope {fit_slope(pts).slope:.2f}"
+                    _series(ax, ws, mu, sd, color=color, label=label, **style)
+            title = (
+                f"{arm_label(arm)}: the talk's setting (verdict)"
+                if what == "talk"
+                else f"{arm_label(arm)}: ridge matched to each kernel (finding)"
+            )
+            _loglog(ax, "width", "‖pred_pNTK − pred_eNTK‖ / ‖pred_eNTK‖", title)
+            legend = (
+                "unscaled pNTK, one λ (—); predicted floor (- -)"
+                if what == "talk"
+                else "ridge: relative (—), absolute (⋯)"
+            )
+            ax.legend(fontsize=6, title=legend, title_fontsize=7)
     fig.suptitle("C4/C5: kernel-regression predictions, pNTK vs eNTK, by ridge", y=1.0)
     return _save(fig, path)
+
+
+def _regression_lines(what: str, ridge: float) -> list[tuple[str, str, dict]]:
+    """``(label, row key, style)`` of one ridge's lines in a panel of
+    :func:`regression_vs_width`."""
+    if ridge == 0:
+        return [("ridge", "kr_pred_rel_diff@ridge=0", {"lw": 2.5})]
+    if what == "talk":
+        tag = f"unscaled_ridge={ridge:g}"
+        return [
+            ("unscaled", f"kr_pred_rel_diff@{tag}", {"lw": 1.2}),
+            ("floor", f"kr_floor@{tag}", {"lw": 1.0, "ls": "--", "marker": "_"}),
+        ]
+    return [
+        ("relative", f"kr_pred_rel_diff@ridge={ridge:g}", {"lw": 1.2}),
+        ("absolute", f"kr_pred_rel_diff@abs_ridge={ridge:g}", {"ls": ":", "marker": "x"}),
+    ]
 
 
 def frobenius_vs_epoch(rows, path) -> str:
@@ -249,9 +286,11 @@ def frobenius_vs_epoch(rows, path) -> str:
 
 
 def cost_vs_outputs(rows, path) -> str:
-    """C7: eNTK/pNTK ratios of warm time and compiled memory vs the number of outputs O, per
-    architecture, depth, width and number of points timed, with the O and O² guides of the
-    theory."""
+    """C7 against the number of outputs O, per architecture, depth, width and number of points
+    timed: the eNTK/pNTK warm-time ratio with the O and O² guides of the theory; the memory
+    ratio of the kernel arrays (O², exactly) and of XLA's compiled computations; and the
+    kernel-regression solve's time with the eNTK (NO × NO) and the pNTK (N × N) with an O³
+    guide, where the runs timed it."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("time_entk_s") and r.get("time_pntk_s") and r.get("num_outputs"):
@@ -261,37 +300,80 @@ def cost_vs_outputs(rows, path) -> str:
     if not groups:
         return _empty(path, "no cost runs over several numbers of outputs")
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    for (model, depth, width, n), by_o in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    colors = plt.get_cmap("tab10")
+    for i, ((model, depth, width, n), by_o) in enumerate(
+        sorted(groups.items(), key=lambda kv: str(kv[0]))
+    ):
         os_ = sorted(by_o)
         label = f"{MODEL_LABELS.get(model, model)}-{depth}, width {width}, N = {n}"
         t = [[r["time_entk_s"] / r["time_pntk_s"] for r in by_o[o]] for o in os_]
-        m = [
-            [
-                r["kernel_bytes_entk"] / r["kernel_bytes_pntk"]
-                for r in by_o[o]
-                if r.get("kernel_bytes_entk") and r.get("kernel_bytes_pntk")
-            ]
-            for o in os_
-        ]
         _series(
             axes[0],
             os_,
             [np.median(v) for v in t],
             [[np.median(v) - min(v) for v in t], [max(v) - np.median(v) for v in t]],
             label=label,
+            color=colors(i),
         )
-        om = [o for o, v in zip(os_, m, strict=True) if v]
-        _series(axes[1], om, [np.median(v) for v in m if v], label=label)
+        for key, style, name in (
+            ("array_bytes", {"ls": "none", "marker": "s", "ms": 7, "mfc": "none"}, "arrays"),
+            ("kernel_bytes", {"marker": "o"}, "XLA compiled"),
+        ):
+            pts = [
+                (o, np.median([r[f"{key}_entk"] / r[f"{key}_pntk"] for r in by_o[o]]))
+                for o in os_
+                if all(r.get(f"{key}_entk") and r.get(f"{key}_pntk") for r in by_o[o])
+            ]
+            if pts:
+                _series(
+                    axes[1],
+                    *zip(*pts, strict=True),
+                    color=colors(i),
+                    label=f"{label}: {name}",
+                    **style,
+                )
+        solve = _solve_series([r for o in os_ for r in by_o[o]])
+        for kind, ls in (("entk", "-"), ("pntk", "--")):
+            if solve[kind]:
+                xs, ys = zip(*solve[kind], strict=True)
+                name = f"{label}: {kind[0]}NTK solve ({'NO × NO' if kind == 'entk' else 'N × N'})"
+                _series(axes[2], xs, ys, color=colors(i), ls=ls, label=name)
     o_all = sorted({o for by_o in groups.values() for o in by_o})
-    for ax, what in zip(
-        axes, ("warm time (compile excluded)", "compiled memory (XLA)"), strict=True
-    ):
+    for ax, what in zip(axes[:2], ("warm kernel time (compile excluded)", "memory"), strict=True):
         ax.plot(o_all, o_all, color="gray", ls=":", label="O (theory, Jacobian phase)")
         ax.plot(o_all, [o * o for o in o_all], color="gray", ls="--", label="O² (contraction)")
         _loglog(ax, "number of outputs O", "eNTK / pNTK", f"C7: {what}, eNTK over pNTK")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
+    solve_x = sorted({float(x) for line in axes[2].lines for x in line.get_xdata()})
+    if solve_x:
+        top = max(float(y) for line in axes[2].lines for y in line.get_ydata())
+        x1 = solve_x[-1]
+        axes[2].plot(
+            solve_x, [top * (x / x1) ** 3 for x in solve_x], color="gray", ls=":", label="O³"
+        )
+        _loglog(axes[2], "number of outputs O", "seconds (fastest repeat)", "")
+        axes[2].set_title("C7: kernel-regression solve at fixed N", fontsize=10)
+        axes[2].legend(fontsize=6)
+    else:
+        axes[2].text(0.5, 0.5, "no solve timings", ha="center", va="center")
+        axes[2].set_axis_off()
     return _save(fig, path)
+
+
+def _solve_series(rows) -> dict:
+    """``{"entk": [(O', fastest seconds)], "pntk": [...]}`` from the rows' timed solves."""
+    out: dict = {"entk": [], "pntk": []}
+    for kind in out:
+        prefix = f"solve_times_{kind}_s@O="
+        best: dict = {}
+        for r in rows:
+            for k, v in r.items():
+                if k.startswith(prefix) and v:
+                    o = int(k[len(prefix) :])
+                    best[o] = min(best.get(o, np.inf), min(v))
+        out[kind] = sorted(best.items())
+    return out
 
 
 def cost_vs_width(rows, path) -> str:
