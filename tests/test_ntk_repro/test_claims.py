@@ -517,3 +517,34 @@ def test_cost_rows_carry_the_flop_model_of_the_implementation_that_ran():
         )
         assert s[f"flops_{kind}"] == est[s[f"implementation_{kind}"]][0] > 0
     assert s["flops_entk"] > s["flops_pntk"]
+
+
+def test_solve_timings_use_the_kernels_of_the_first_outputs():
+    """The eNTK of the first O' outputs is the leading O'×O' block of the eNTK, and its pNTK
+    (1/O') times that block's sum: the solve sweep at fixed N needs one kernel."""
+    import jax
+
+    import ntk
+    from ntk_repro.analysis.cost import solve_cost
+    from ntk_repro.models import build_model, init_model, kernel_model
+
+    model = build_model("mlp", num_classes=4, num_outputs=6, width=16, depth=2)
+    apply_fn, params, state = kernel_model(model, init_model(model, jax.random.key(0), (5,)))
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    full = np.asarray(ntk.entk(lambda p, a: apply_fn(p, a, **state), params, x))
+
+    def first3(p, a):
+        return apply_fn(p, a, **state)[:, :3]
+
+    sub = np.asarray(ntk.entk(first3, params, x))
+    np.testing.assert_allclose(full[:, :, :3, :3], sub, rtol=1e-5, atol=1e-6)
+    p3 = np.asarray(ntk.pntk(first3, params, x))
+    np.testing.assert_allclose(full[:, :, :3, :3].sum(axis=(2, 3)) / 3, p3, rtol=1e-5, atol=1e-6)
+    out = solve_cost(full, [2, 3], repeats=2)
+    assert out["solve_n"] == 7
+    for kind in ("entk", "pntk"):
+        for o in (2, 3):
+            times = out[f"solve_times_{kind}_s@O={o}"]
+            assert len(times) == 2 and all(t > 0 for t in times)
+    with pytest.raises(ValueError, match="solve_outputs"):
+        solve_cost(full, [7], repeats=1)
