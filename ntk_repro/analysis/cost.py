@@ -90,9 +90,9 @@ def solve_cost(entk_NNOO: np.ndarray, outputs, repeats: int) -> dict:
     The eNTK of the first O' outputs is the leading O'×O' block of every N×N entry of the
     eNTK (the model whose readout keeps its first O' rows), and its pNTK is (1/O') times the
     sum of that block (the pNTK identity), so one kernel gives the whole O' sweep at fixed N.
-    One untimed call, then ``repeats`` timed calls per kernel and O' (numpy: nothing to
-    compile). Returns ``solve_times_entk_s@O=o`` / ``solve_times_pntk_s@O=o`` (every repeat,
-    seconds) and ``solve_n`` (N).
+    ``repeats`` timed calls per kernel and O' (numpy: nothing to compile, no warm-up; the
+    report takes the fastest). Returns ``solve_times_entk_s@O=o`` and
+    ``solve_times_pntk_s@O=o`` (every repeat, seconds) and ``solve_n`` (N).
     """
     n, _, o, _ = entk_NNOO.shape
     rng = np.random.default_rng(0)
@@ -104,7 +104,6 @@ def solve_cost(entk_NNOO: np.ndarray, outputs, repeats: int) -> dict:
         k_p = k_e.sum(axis=(2, 3)) / o2
         y = rng.normal(size=(n, o2))
         for kind, k in (("entk", k_e), ("pntk", k_p)):
-            kernel_regression(k, k[:1], y, ridge=SOLVE_RIDGE)
             times = []
             for _ in range(max(int(repeats), 1)):
                 t0 = time.perf_counter()

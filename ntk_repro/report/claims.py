@@ -496,8 +496,10 @@ def check_c5(rows, model, param) -> Claim:
             "effective ridge λ/O (ridgeless regression does not see a kernel's scale)",
         },
         verdict,
-        "the talk's setting decides: any ridge does not agree: does not agree; otherwise any "
-        "ridge agrees: agrees; otherwise inconclusive. "
+        "the talk's setting decides (the talk: 'This approximation will not hold if there is "
+        "any regularization (ridge) in the kernel regression!', beside 'Note that we are not "
+        "scaling the function values anymore!'): any ridge does not agree: does not agree; "
+        "otherwise any ridge agrees: agrees; otherwise inconclusive. "
         + _interval_rule("each slope")
         + ". The relative and scaled-absolute arms are our finding, reported beside it "
         "(not judged)",
@@ -879,6 +881,9 @@ def claim_checks(
             out.append(check_c6(training_rows, model, param))
         if select(cost_rows, model, param):
             out.append(check_c7(cost_rows, model, param))
+    for c in out:  # every rule names what it rests on
+        if "'" not in c.rule:
+            c.rule = f"{c.rule}. Rests on: {c.expected['source']}"
     return sorted(out, key=lambda c: (c.parameterization != "ntk", c.id, _model_order(c.model)))
 
 

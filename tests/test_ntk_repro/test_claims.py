@@ -388,6 +388,8 @@ def test_every_claim_for_every_model_and_json_shape():
         assert set(d) >= {"id", "model", "measured", "expected", "verdict"}
         assert d["verdict"] in claims.VERDICTS
         assert d["expected"]["source"]
+        # every rule quotes or cites what it rests on
+        assert "'" in d["rule"] or "Rests on:" in d["rule"], d["rule"]
 
 
 # --- the numbers behind the claims: linearised dynamics, layer shares, README ------------
