@@ -169,7 +169,7 @@ def eigen_vs_width(rows, path) -> str:
     for ax, (key, ylabel, title) in zip(axes, panels, strict=True):
         for arm, (ws, mu, sd, pts) in by_arm(rows, key).items():
             _series(ax, ws, mu, sd, label=f"{arm_label(arm)}: {slope_label(pts)}", **_style(arm))
-        _loglog(ax, "width", ylabel, f"{title} relative error (slope, 95 % t interval)")
+        _loglog(ax, "width", ylabel, f"{title} rel. error (slope, 95 % t interval)")
         ax.legend(fontsize=6)
     fig.suptitle("C2/C3: spectra of pNTK⊗I against Θ at initialisation, by width", y=1.0)
     return _save(fig, path)
