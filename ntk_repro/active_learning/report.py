@@ -47,6 +47,24 @@ def curves(runs: list[dict]) -> dict:
     return out
 
 
+def paired_gain(runs: list[dict], baseline: str = "random") -> dict:
+    """Per model and strategy: test accuracy minus ``baseline``'s at the last round, paired
+    by seed (the same initial labels and network), mean and 95 % t interval over seeds."""
+    last = {(r["model"], r["seed"], r["strategy"]): r["records"][-1]["test_acc"] for r in runs}
+    diffs = defaultdict(lambda: defaultdict(list))
+    for (model, seed, strategy), acc in last.items():
+        if strategy != baseline and (model, seed, baseline) in last:
+            diffs[model][strategy].append(acc - last[model, seed, baseline])
+    out = {}
+    for model, by_s in diffs.items():
+        out[model] = {}
+        for strategy, d in sorted(by_s.items()):
+            mean, se, df = mean_se(d)
+            lo, hi = t_interval(mean, se, df)
+            out[model][strategy] = {"mean": rounded(mean), "interval": [rounded(lo), rounded(hi)]}
+    return out
+
+
 def selection_times(runs: list[dict]) -> dict:
     """Per model and strategy: the median selection time over rounds after the first (warm;
     the first includes compilation) and the first round's."""
@@ -144,6 +162,16 @@ def markdown(summary: dict) -> str:
     for model, by_s in summary["curves"].items():
         for strategy, rows in sorted(by_s.items()):
             lines.append(_row(model, strategy, rows[-1]["n_labels"], _iv(rows[-1])))
+    lines += [
+        "",
+        "## Gain over random at the last round (paired by seed: same start; mean, 95 % t)",
+        "",
+        _row("model", "strategy", "accuracy − random's"),
+        _row(*["---"] * 3),
+    ]
+    for model, by_s in summary.get("gain_over_random", {}).items():
+        for strategy, g in by_s.items():
+            lines.append(_row(model, strategy, _iv(g)))
     lines += [
         "",
         "## Selection time per round (seconds; warm: median over rounds after the first)",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ntk.checks import check_choice
 from ntk_repro.active_learning.claim import check_c8, measure_c8
-from ntk_repro.active_learning.report import curves, selection_times, write
+from ntk_repro.active_learning.report import curves, paired_gain, selection_times, write
 from ntk_repro.active_learning.rounds import build_setup, initial_state, run_strategy, save
 from ntk_repro.active_learning.strategies import STRATEGIES
 
@@ -62,6 +62,7 @@ def main(cfg: dict) -> dict:
     summary = {
         "config": cfg,
         "curves": curves(runs),
+        "gain_over_random": paired_gain(runs),
         "selection_times": selection_times(runs),
         "claims": claims,
         "c8_per_seed": c8,
