@@ -27,7 +27,13 @@ def _cond_of(lam_max: float, lam_min: float) -> float:
 
 def assemble(ctx: Context, raw: dict, y_te) -> ApproximationReport:
     """The report from ``raw`` (:func:`ntk.approximation.in_memory.in_memory` or
-    :func:`ntk.approximation.stored.stored`) and the test targets ``y_te``."""
+    :func:`ntk.approximation.stored.stored`) and the test targets ``y_te``.
+
+    ``raw``: ``"entk"`` (``warm_seconds``, ``compiled_bytes``, ``implementation``, ``trace``,
+    ``lambda_max``, ``lambda_min``), ``"kinds"`` (per kind the same but ``trace``, plus
+    ``relative_frobenius_error`` and the kernel's ``ndim``), ``"preds"`` (``(name, ridge)`` ->
+    predictions ``[M, O]`` or None), ``"spectra"`` (empty when stored), ``"notes"``,
+    ``"cost_shape"``."""
     e = raw["entk"]
     kinds = {name: _kind(ctx, name, raw, y_te) for name in ctx.kinds}
     width, leaves, share = model_facts(ctx.model, ctx.params, ctx.x, e["trace"])
