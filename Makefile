@@ -172,3 +172,7 @@ clean: ## Remove the venv and caches
 active-learning: export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/results/jax_cache
 active-learning: $(STAMP) ## Look-ahead active learning on mnist5k (pNTK, eNTK, random, entropy, margin; C8) -> results/active_learning (not in reproduce)
 	$(PY) experiments/active_learning.py
+
+.PHONY: bench-lookahead
+bench-lookahead: $(STAMP) ## ntk.lookahead: 2,000 candidates, 500 labelled, 2,000-point pool subset, study CNN, pNTK and eNTK (time, peak RSS, FLOPs) -> results/bench
+	$(PY) -m benchmarks.lookahead results/bench
