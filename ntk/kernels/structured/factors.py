@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import DropVar, Literal
 
+from ntk.kernels.convolution import conv_gemm, lowering, patches
 from ntk.kernels.model import Model
 from ntk.kernels.structured.uses import Plan, Use, bind, inner_jaxpr
 
@@ -57,6 +58,8 @@ def evaluate(jaxpr, consts, args, path, ctx: _Ctx):
             outvals = evaluate(inner[0], inner[1], invals, p, ctx)
         elif p in ctx.scans:
             outvals = _scan(eqn, invals, p, ctx)
+        elif eqn.primitive.name == "conv_general_dilated" and lowering() == "gemm":
+            outvals = [conv_gemm(*invals, **eqn.params)]
         else:
             ans = bind(eqn, invals)
             outvals = list(ans) if eqn.primitive.multiple_results else [ans]
@@ -214,22 +217,21 @@ def _conv(use: Use, o_B, d_BK):
     lhs_spec, rhs_spec, out_spec = prm["dimension_numbers"]
     g, s, c, f = use.group_dims()
     b, k = d_BK.shape[:2]
-    a_t = jnp.transpose(o_B, [0, *(1 + d for d in lhs_spec)])  # [B, nb, C, sp...]
-    nb = a_t.shape[1]
-    a_t = a_t.reshape(b * nb, *a_t.shape[2:])
-    patches = jax.lax.conv_general_dilated_patches(
-        a_t,
-        [use.weight_shape[d] for d in rhs_spec[2:]],
-        prm["window_strides"],
-        prm["padding"],
-        lhs_dilation=prm["lhs_dilation"],
-        rhs_dilation=prm["rhs_dilation"],
-        precision=prm["precision"],
-    )  # [B·nb, C·k..., out_sp...], features ordered (channel, *window)
-    cp = patches.shape[1]
-    patches = patches.reshape(b, nb, cp, -1)
-    a = jnp.swapaxes(patches, 2, 3).reshape(b, s, g, c)  # channels of group j are contiguous
-    a = jnp.swapaxes(a, 1, 2)
+    window = [use.weight_shape[d] for d in rhs_spec[2:]]
+    args = (prm["window_strides"], prm["padding"], prm["lhs_dilation"], prm["rhs_dilation"])
+    if lowering() == "gemm":  # slices, not a convolution with a one-hot filter
+        x = jnp.transpose(o_B, [0, *(1 + d for d in (*lhs_spec[:1], *lhs_spec[2:], lhs_spec[1]))])
+        nb = x.shape[1]  # [B, nb, *sp, C]
+        col = patches(x.reshape(b * nb, *x.shape[2:]), window, *args)  # [B·nb, *out, C·k]
+        a = col.reshape(b, nb, -1, g, c)  # channels of group j are contiguous
+    else:
+        x = jnp.transpose(o_B, [0, *(1 + d for d in lhs_spec)])  # [B, nb, C, sp...]
+        nb = x.shape[1]
+        col = jax.lax.conv_general_dilated_patches(
+            x.reshape(b * nb, *x.shape[2:]), window, *args, precision=prm["precision"]
+        )  # [B·nb, C·k, *out], features ordered (channel, *window)
+        a = jnp.swapaxes(col.reshape(b, nb, col.shape[1], -1), 2, 3).reshape(b, nb, -1, g, c)
+    a = jnp.swapaxes(a.reshape(b, s, g, c), 1, 2)
     d_t = jnp.transpose(d_BK, [0, 1, *(2 + d for d in out_spec)])  # [B, K, nb, F, sp...]
     d_t = d_t.reshape(b, k, nb, g * f, -1)
     d = jnp.swapaxes(d_t, 3, 4).reshape(b, k, s, g, f)

@@ -1,0 +1,122 @@
+"""Convolutions as data movement plus one matrix product (im2col), exact in any dtype.
+
+XLA's CPU backend runs float32 convolutions through a tuned library but float64 ones as
+naive loops, and a per-example weight gradient (a vmapped filter gradient) as a grouped
+convolution with one group per example, slow in every dtype. Matrix products have no such
+gaps. :func:`patches` gathers every window of the input with ``kh·kw`` strided slices (no
+arithmetic), and :func:`conv_gemm` computes ``conv_general_dilated`` as patches times the
+reshaped weight. Under autodiff the transposes stay matrix products (weight and input
+cotangents) and pads (the slices' transposes), so a vjp through a model evaluated this way
+calls no convolution either.
+
+:func:`lowering` says when the kernels use it: on the CPU backend, in every dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Backends whose convolutions the kernels replace by patches and a matrix product.
+GEMM_BACKENDS = frozenset({"cpu"})
+
+
+def lowering() -> str:
+    """``"gemm"`` where convolutions run as patches x matrix (the CPU), else ``"xla"``."""
+    return "gemm" if jax.default_backend() in GEMM_BACKENDS else "xla"
+
+
+def _explicit_padding(padding, in_sp, window, strides, lhs_dilation, rhs_dilation):
+    """``(low, high)`` pairs for a padding string (as XLA reads it) or explicit pairs."""
+    if not isinstance(padding, str):
+        return [tuple(p) for p in padding]
+    dilated_in = [(s - 1) * d + 1 for s, d in zip(in_sp, lhs_dilation, strict=True)]
+    dilated_w = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation, strict=True)]
+    return lax.padtype_to_pads(dilated_in, dilated_w, strides, padding)
+
+
+def patches(
+    x_BSC: jax.Array,
+    window: Sequence[int],
+    strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+) -> jax.Array:
+    """Every window of ``x_BSC: [B, *spatial, C]``: ``[B, *out_spatial, C·prod(window)]``.
+
+    Channels last, so that a convolution is one matrix product ``[B·S, C·k] @ [C·k, F]``
+    with no copy. Features are ordered (channel, *window), as in
+    ``lax.conv_general_dilated_patches``; ``padding`` is a string or explicit ``(low, high)``
+    pairs (negative crops), and ``lhs_dilation``/``rhs_dilation`` dilate the input and the
+    window.
+    """
+    nd = len(window)
+    lhs_dilation = tuple(lhs_dilation or (1,) * nd)
+    rhs_dilation = tuple(rhs_dilation or (1,) * nd)
+    in_sp = x_BSC.shape[1:-1]
+    pads = _explicit_padding(padding, in_sp, window, strides, lhs_dilation, rhs_dilation)
+    config = [(0, 0, 0)]
+    config += [(lo, hi, d - 1) for (lo, hi), d in zip(pads, lhs_dilation, strict=True)]
+    xp = lax.pad(x_BSC, jnp.zeros((), x_BSC.dtype), [*config, (0, 0, 0)])
+    size = xp.shape[1:-1]
+    out = [
+        (n - (k - 1) * d - 1) // s + 1
+        for n, k, d, s in zip(size, window, rhs_dilation, strides, strict=True)
+    ]
+    if min(out) <= 0:
+        raise ValueError(f"window {tuple(window)} is larger than the padded input {size}")
+    b, c = xp.shape[0], xp.shape[-1]
+    cols = []
+    for offsets in itertools.product(*(range(k) for k in window)):
+        start = [o * d for o, d in zip(offsets, rhs_dilation, strict=True)]
+        limit = [a + (m - 1) * s + 1 for a, m, s in zip(start, out, strides, strict=True)]
+        cols.append(lax.slice(xp, [0, *start, 0], [b, *limit, c], [1, *strides, 1]))
+    col = jnp.stack(cols, axis=-1)  # [B, *out, C, prod(window)]
+    return col.reshape(b, *out, c * math.prod(window))
+
+
+def conv_gemm(lhs, rhs, **params) -> jax.Array:
+    """``lax.conv_general_dilated_p`` with the same parameters (as a jaxpr holds them),
+    computed as :func:`patches` times the reshaped weight. ``batch_group_count > 1`` (a
+    filter gradient's transposed form) is left to XLA."""
+    if params.get("batch_group_count", 1) != 1:
+        return lax.conv_general_dilated_p.bind(lhs, rhs, **params)
+    lhs_spec, rhs_spec, out_spec = params["dimension_numbers"]
+    groups = params["feature_group_count"]
+    x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))  # [B, *sp, C]
+    w = jnp.transpose(rhs, rhs_spec)  # [F, Cg, *window]
+    p = patches(
+        x,
+        w.shape[2:],
+        params["window_strides"],
+        params["padding"],
+        params["lhs_dilation"],
+        params["rhs_dilation"],
+    )  # [B, *out, C·k]
+    f = w.shape[0]
+    dot = {
+        "precision": params.get("precision"),
+        "preferred_element_type": params.get("preferred_element_type"),
+    }
+    if groups == 1:
+        y = lax.dot_general(p, w.reshape(f, -1), (((p.ndim - 1,), (1,)), ((), ())), **dot)
+    else:
+        p = p.reshape(*p.shape[:-1], groups, -1)  # [B, *out, G, Cg·k]
+        w = w.reshape(groups, f // groups, -1)  # [G, Fg, Cg·k]
+        y = lax.dot_general(p, w, (((p.ndim - 1,), (2,)), ((p.ndim - 2,), (0,))), **dot)
+        y = jnp.moveaxis(y, 0, -2).reshape(*p.shape[:-2], f)  # [B, *out, F]
+    # y's axes are the output's (batch, *spatial, feature) axes
+    return jnp.transpose(y, _inverse((out_spec[0], *out_spec[2:], out_spec[1])))
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return inv
