@@ -59,10 +59,8 @@ PAR := $(RUN) hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS)
 SEEDS := 0,1,2
 MLP_WIDTHS := 2048,1024,256,64
 CNN_WIDTHS := 128,64,32,16
-RESNET_WIDEST := 64
 RESNET_WIDTHS := 32,8
 RESNET_SHARES := 16
-RESNET_SEEDS := 0,1
 # Width sweeps on mnist5k (28x28 real digits): quality metrics only (warm timing is the cost
 # presets' job), three seeds per width. Widest first, so the longest jobs start first and the
 # two job slots finish together.
@@ -70,13 +68,13 @@ WIDTH := experiment=width_init logger=wandb kernel.timing_repeats=0
 # The CNN at 28x28: N = M = 50 kernel points, kernels in blocks of 50 points (memory).
 CNN := model=cnn kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=50
 # ResNet-18 in the paper's regime: BatchNorm (frozen in eval mode for kernels), 28x28 inputs,
-# readout width 8·width (512 at width 64, the standard ResNet-18); N = M = 20 kernel points,
-# kernels in blocks of 20 points (memory at width 64), two seeds; width 64 one run at a time
-# (two at once share the memory bandwidth and each takes twice the CPU time). Float32 kernels: at N = 20
-# the condition numbers are small enough (summary.json: cond_entk) that float64 changes no
-# reported digit, and it costs 3x the time at width 64. The per-layer diagnosis
-# (kernel.layer_shares, a float32 Jacobian) at width RESNET_SHARES, where it fits in memory.
-RESNET := model=resnet18 kernel.n_per_class=2 kernel.n_test_per_class=2 kernel.batch_size=20 \
+# stage widths w·[1, 2, 4, 8]; N = M = 50 kernel points in blocks of 25 (memory), three seeds
+# at every width. Widths 8-32: at width 64 (the standard ResNet-18) one eNTK of 50 points
+# costs ~7.5 TFLOPs (ntk.diagnose), over a minute on 2 cores per seed, out of the 20-minute
+# budget; make reproduce-paper has it. Float32 kernels: the eNTK's condition numbers at this
+# N are small enough (summary.json: cond_entk) that float64 changes no reported digit. The
+# per-layer diagnosis (kernel.layer_shares, a float32 Jacobian) at width RESNET_SHARES.
+RESNET := model=resnet18 kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=25 \
 	kernel.dtype=float32
 # The paper's timing figure in small: eNTK and pNTK per computation on N = 70 inputs (the
 # contraction matters), float32, O growing on a wider readout. ResNet O stops at 20: at
@@ -91,9 +89,8 @@ reproduce: $(STAMP) ## The whole CPU-scale reproduction on mnist5k -> results/ (
 	echo "make reproduce: $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s of runs and report on $$(nproc) cores (load average $$(cut -d' ' -f1-3 /proc/loadavg) at the end), $$(date -u +%Y-%m-%d)" | tee results/reproduce_time.txt
 
 fig-width: $(STAMP) ## (a) C1-C5 at init across widths: ResNet-18, CNN, MLP (and its float32 kernels)
-	$(RUN) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_WIDEST)
-	$(PAR) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_WIDTHS)
-	$(PAR) $(WIDTH) $(RESNET) seed=$(RESNET_SEEDS) model.width=$(RESNET_SHARES) \
+	$(PAR) $(WIDTH) $(RESNET) seed=$(SEEDS) model.width=$(RESNET_WIDTHS)
+	$(PAR) $(WIDTH) $(RESNET) seed=$(SEEDS) model.width=$(RESNET_SHARES) \
 	    kernel.layer_shares=true
 	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS)
 	$(PAR) $(WIDTH) model=mlp seed=$(SEEDS) model.width=$(MLP_WIDTHS) kernel.compare_float32=true
@@ -112,7 +109,7 @@ fig-training: $(STAMP) ## (b) C6: the approximation over training (the paper's S
 	$(PAR) experiment=training logger=wandb $(CNN) seed=$(SEEDS) model.width=64,16 \
 	    data.n_train=1000 trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] \
 	    kernel.timing_repeats=0
-	$(PAR) experiment=training logger=wandb $(RESNET) seed=$(RESNET_SEEDS) model.width=16,8 \
+	$(PAR) experiment=training logger=wandb $(RESNET) seed=$(SEEDS) model.width=16,8 \
 	    data.n_train=1000 trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] \
 	    kernel.timing_repeats=0
 
@@ -154,6 +151,7 @@ reproduce-paper: $(STAMP) ## Paper scale on CIFAR-10 via TFDS (GPU; needs data.d
 bench: $(STAMP) ## Benchmark every implementation (JSON, Markdown table, plots in results/bench)
 	$(PY) -m benchmarks.suite
 	$(PY) -m benchmarks.approximation results/bench --case small
+	$(PY) -m benchmarks.conv_nets results/bench
 
 .PHONY: bench-approx-large
 bench-approx-large: $(STAMP) ## approximation_report at N=2,000 (CNNs of width 16 and 32, mnist5k, block-wise, every kind, all phases)

@@ -1,15 +1,17 @@
 """Convolutions as data movement plus one matrix product (im2col), exact in any dtype.
 
 XLA's CPU backend runs float32 convolutions through a tuned library but float64 ones as
-naive loops, and a per-example weight gradient (a vmapped filter gradient) as a grouped
-convolution with one group per example, slow in every dtype. Matrix products have no such
-gaps. :func:`patches` gathers every window of the input with ``kh·kw`` strided slices (no
-arithmetic), and :func:`conv_gemm` computes ``conv_general_dilated`` as patches times the
-reshaped weight. Under autodiff the transposes stay matrix products (weight and input
-cotangents) and pads (the slices' transposes), so a vjp through a model evaluated this way
-calls no convolution either.
+naive loops (50x slower than its float64 matrix products on the study's CNN), and a
+per-example weight gradient (a vmapped filter gradient) as a grouped convolution with one
+group per example, slow in every dtype. :func:`patches` gathers every window of the input
+with ``kh·kw`` strided slices (no arithmetic), and :func:`conv_gemm` computes
+``conv_general_dilated`` as patches times the reshaped weight. Under autodiff the transposes
+stay matrix products (weight and input cotangents) and pads (the slices' transposes).
 
-:func:`lowering` says when the kernels use it: on the CPU backend, in every dtype.
+Where the kernels use them (:mod:`ntk.kernels.structured`): :func:`lowering` says which
+convolutions of the model are replaced (float64 on the CPU: in float32 XLA's own are as fast
+and compile 3x faster), :func:`slice_patches` where a weight's patches are taken by slices
+instead of a convolution with a one-hot filter (the CPU, every dtype).
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-# Backends whose convolutions the kernels replace by patches and a matrix product.
+# Backends whose float64 convolutions are replaced and whose patches are taken by slices.
 GEMM_BACKENDS = frozenset({"cpu"})
 
 
-def lowering() -> str:
-    """``"gemm"`` where convolutions run as patches x matrix (the CPU), else ``"xla"``."""
-    return "gemm" if jax.default_backend() in GEMM_BACKENDS else "xla"
+def lowering(dtype) -> str:
+    """``"gemm"`` for a convolution in ``dtype`` that runs as patches x matrix (float64 on
+    the CPU), else ``"xla"``."""
+    slow = jax.default_backend() in GEMM_BACKENDS and np.dtype(dtype) == np.float64
+    return "gemm" if slow else "xla"
+
+
+def slice_patches() -> bool:
+    """Whether a weight's patches are taken by :func:`patches` (slices) on this backend."""
+    return jax.default_backend() in GEMM_BACKENDS
 
 
 def _explicit_padding(padding, in_sp, window, strides, lhs_dilation, rhs_dilation):

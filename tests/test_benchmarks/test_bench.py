@@ -111,3 +111,37 @@ def test_scale_bench_worker_row_writes_its_tables(tmp_path, monkeypatch):
     md = (tmp_path / "bench_scale.md").read_text()
     assert "| tiny_workers | 80 | 1 × 1 | 3 |" in md and "| tiny_workers | 80 | 2 × 1 | 3 |" in md
     assert not (tmp_path / "kernels").exists()  # the work directory is removed
+
+
+def test_conv_nets_rows_time_every_kind_against_the_entk(monkeypatch):
+    """The conv-net bench on a tiny conv net: a row per kind, the eNTK's own speed-up 1,
+    the predicted time the FLOPs over the run's GEMM rate, and a table with every row."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import conv_nets
+
+    def tiny(dtype):
+        w = {"c": jnp.ones((3, 3, 1, 2), dtype) / 3, "d": jnp.ones((2 * 16, 3), dtype) / 8}
+
+        def f(p, x):
+            h = jax.lax.conv_general_dilated(
+                x, p["c"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            return jnp.tanh(h).reshape(x.shape[0], -1) @ p["d"]
+
+        x = jax.random.normal(jax.random.key(0), (4, 4, 4, 1), dtype)
+        return f, w, x, {}, 2
+
+    monkeypatch.setitem(conv_nets.MODELS, "tiny", (tiny, ("float32",)))
+    monkeypatch.setattr(conv_nets, "gemm_rate", lambda dtype: 10.0)
+    rows = conv_nets.measure("tiny", "float32", rounds=2)
+    assert [r["kind"] for r in rows] == list(conv_nets.KINDS)
+    entk = rows[0]
+    assert entk["speedup_over_entk"] == 1.0 and entk["flop_ratio_entk"] == 1.0
+    for r in rows:
+        assert r["flops"] > 0 and r["warm_min_s"] > 0 and r["batch_size"] == 2
+        assert math.isclose(r["predicted_s"], r["flops"] / 1e10)
+        assert math.isclose(r["speedup_over_entk"], entk["warm_min_s"] / r["warm_min_s"])
+    table = conv_nets.markdown(rows, {"description": "test", "jax": jax.__version__})
+    assert table.count("| tiny |") == len(conv_nets.KINDS)

@@ -1,6 +1,6 @@
 """Convolutions as patches x matrix (``ntk.kernels.convolution``): equal to XLA's
 convolution in values and in both cotangents, for every parameter a jaxpr can hold, and the
-kernels' hot path on the CPU calls no convolution."""
+kernels' hot path calls no float64 convolution on the CPU."""
 
 import flax.linen as nn
 import jax
@@ -125,10 +125,10 @@ class _Net(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["pntk", "entk"])
-def test_structured_kernel_on_cpu_calls_no_convolution(kind):
-    """The pNTK and the eNTK of a conv net: exact against the float64 Jacobian-contraction
+def test_structured_kernel_on_cpu_calls_no_float64_convolution(kind):
+    """The pNTK and the eNTK of a float64 conv net: exact against the Jacobian-contraction
     kernel (whose vjp uses XLA's convolutions), and lowered without a convolution."""
-    if lowering() != "gemm":
+    if lowering(jnp.float64) != "gemm":
         pytest.skip("convolutions are lowered to products on the CPU only")
     net = _Net()
     x = jax.random.normal(jax.random.key(1), (3, 12, 12, 2), jnp.float64)

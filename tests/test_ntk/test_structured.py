@@ -308,11 +308,15 @@ def test_both_site_strategies_are_exact(force, kind, monkeypatch):
         clear_caches()
 
 
-def test_single_cotangent_materialises_by_vjp(monkeypatch):
-    """K = 1 turns the sites that would materialise J_W into fallback leaves; K > 1 keeps them."""
+def test_single_cotangent_materialises_by_vjp_off_the_cpu(monkeypatch):
+    """Where patches are not slices (off the CPU), K = 1 turns the sites that would
+    materialise J_W into fallback leaves; K > 1 keeps them, and so does the CPU."""
     f, params, x, want = conv_variants()
     plan = structured.plan_for(f, params, x, 1)
     monkeypatch.setattr(sd_contract, "site_costs", lambda *a, **k: (math.inf, 0.0, 0.0))
+    monkeypatch.setattr(structured, "slice_patches", lambda: True)
+    assert structured.effective_plan(plan, 4, 4, 1, False)[0] is plan
+    monkeypatch.setattr(structured, "slice_patches", lambda: False)
     one, _ = structured.effective_plan(plan, 4, 4, 1, False)
     names = sorted(params)
     convs = {n for n in want["structured"] if n != "out"}

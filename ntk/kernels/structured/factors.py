@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import DropVar, Literal
 
-from ntk.kernels.convolution import conv_gemm, lowering, patches
+from ntk.kernels.convolution import conv_gemm, lowering, patches, slice_patches
 from ntk.kernels.model import Model
 from ntk.kernels.structured.uses import Plan, Use, bind, inner_jaxpr
 
@@ -58,7 +58,7 @@ def evaluate(jaxpr, consts, args, path, ctx: _Ctx):
             outvals = evaluate(inner[0], inner[1], invals, p, ctx)
         elif p in ctx.scans:
             outvals = _scan(eqn, invals, p, ctx)
-        elif eqn.primitive.name == "conv_general_dilated" and lowering() == "gemm":
+        elif eqn.primitive.name == "conv_general_dilated" and _gemm(eqn):
             outvals = [conv_gemm(*invals, **eqn.params)]
         else:
             ans = bind(eqn, invals)
@@ -71,6 +71,10 @@ def evaluate(jaxpr, consts, args, path, ctx: _Ctx):
             if not isinstance(v, DropVar):
                 env[v] = val
     return [read(v) for v in jaxpr.outvars]
+
+
+def _gemm(eqn) -> bool:
+    return lowering(eqn.outvars[0].aval.dtype) == "gemm"
 
 
 def _scan(eqn, invals, p, ctx: _Ctx):
@@ -219,7 +223,7 @@ def _conv(use: Use, o_B, d_BK):
     b, k = d_BK.shape[:2]
     window = [use.weight_shape[d] for d in rhs_spec[2:]]
     args = (prm["window_strides"], prm["padding"], prm["lhs_dilation"], prm["rhs_dilation"])
-    if lowering() == "gemm":  # slices, not a convolution with a one-hot filter
+    if slice_patches():  # slices, not a convolution with a one-hot filter
         x = jnp.transpose(o_B, [0, *(1 + d for d in (*lhs_spec[:1], *lhs_spec[2:], lhs_spec[1]))])
         nb = x.shape[1]  # [B, nb, *sp, C]
         col = patches(x.reshape(b * nb, *x.shape[2:]), window, *args)  # [B·nb, *out, C·k]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from ntk.kernels.convolution import slice_patches
 from ntk.kernels.implementations import (
     IMPLEMENTATIONS,
     Implementation,
@@ -68,13 +69,14 @@ def choices(plan: Plan, n1, n2, k, diag) -> dict[int, contract.Choice]:
 
 
 def effective_plan(plan: Plan, n1, n2, k, diag) -> tuple[Plan, dict]:
-    """With one cotangent (K = 1: pNTK, single logit) a leaf that would materialise ``J_W``
-    becomes a fallback leaf: the vjp forms ``J_W`` itself (for a conv, XLA's filter
-    gradient) and no patches or scatter is built. With K > 1 one GEMM over patches shared by
-    the K cotangents is faster (measured on CPU: CNN pNTK 28 -> 15-21 ms, eNTK 2x slower by
-    vjp)."""
+    """Off the CPU, with one cotangent (K = 1: pNTK, single logit), a leaf that would
+    materialise ``J_W`` becomes a fallback leaf: the vjp forms ``J_W`` itself (for a conv,
+    the filter gradient) and no patches are built. On the CPU patches are slices
+    (:func:`ntk.kernels.convolution.slice_patches`) and a vmapped filter gradient is a
+    grouped convolution with a group per example, so ``J_W`` is patches x cotangents there;
+    with K > 1 one GEMM over patches shared by the K cotangents is faster everywhere."""
     chosen = choices(plan, n1, n2, k, diag)
-    if k > 1:
+    if k > 1 or slice_patches():
         return plan, chosen
     mat = [leaf for leaf, c in chosen.items() if c.method == "materialise"]
     return plan.without(mat), {leaf: c for leaf, c in chosen.items() if leaf not in mat}
@@ -125,17 +127,20 @@ def _fallback_cost(size, n1, n2, k, diag, itemsize):
     return 2.0 * n1 * n2 * kk * size, float((n1 + n2) * k * size * itemsize)
 
 
-def _leaf_route(i, plan, base, chosen, folded, leaves_p, itemsize, fallback) -> tuple:
+def _leaf_route(i, plan, base, chosen, folded, leaves_p, itemsize, fallback, sizes) -> tuple:
     """``(path, rule, method, FLOPs, bytes)`` of leaf ``i`` under the effective ``plan``
-    (``base`` before the K = 1 choice); ``fallback`` is its Jacobian ``(FLOPs, bytes)``."""
+    (``base`` before the K = 1 choice); ``fallback`` is its Jacobian ``(FLOPs, bytes)``,
+    ``sizes`` is ``(n1, n2, k, diag)``."""
+    n1, n2, k, diag = sizes
     if i in plan.rules:
         c = chosen[i]
         return "structured", plan.rules[i].describe(), c.method, c.flops, c.elements * itemsize
     if i in folded:
         w = jax.tree_util.keystr(leaves_p[folded[i]][0])
         return "folded bias", f"bias of {w}", "sum", 0.0, 0.0
-    if i in base.rules:  # K = 1 and materialising: the vjp forms J_W
-        return "structured", base.rules[i].describe(), "materialise (vjp)", *fallback
+    if i in base.rules:  # K = 1 and materialising: the vjp forms J_W (patches x cotangents)
+        flops = contract.choose(base.rules[i], n1, n2, k, diag).mat_flops
+        return "structured", base.rules[i].describe(), "materialise (vjp)", flops, fallback[1]
     why = base.reasons.get(i, "bias of a leaf that materialises by vjp (K = 1)")
     return "fallback", why, "jacobian", *fallback
 
@@ -151,7 +156,8 @@ def leaf_reports(apply_fn, params, x1, n2, k, diag) -> list[LeafReport]:
     for i, (kp, leaf) in enumerate(leaves_p):
         itemsize = np.dtype(leaf.dtype).itemsize
         fb = _fallback_cost(int(np.size(leaf)), n1, n2, k, diag, itemsize)
-        route = _leaf_route(i, plan, base, chosen, folded, leaves_p, itemsize, fb)
+        sizes = (n1, n2, k, diag)
+        route = _leaf_route(i, plan, base, chosen, folded, leaves_p, itemsize, fb, sizes)
         path, rule, method, flops, memory_bytes = route
         out.append(
             LeafReport(
@@ -170,8 +176,9 @@ def leaf_reports(apply_fn, params, x1, n2, k, diag) -> list[LeafReport]:
 
 
 def structured_cost(n1, n2, k, p, fp, diag, *, apply_fn, params, x1, **_):
-    """Estimated FLOPs: a forward pass and K input-cotangent backward passes per example
-    (weight cotangents are never formed), the site sums and the fallback contractions."""
+    """Estimated FLOPs: a forward pass and K input-cotangent backward passes per example, the
+    site sums, the weight Jacobians of leaves that materialise (by the vjp when K = 1) and
+    the fallback contractions."""
     reports = _reports_or_none(apply_fn, params, x1, n2, k, diag)
     if reports is None:
         return math.inf
