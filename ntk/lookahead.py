@@ -235,14 +235,18 @@ def _chunk(
     pred_CO = f0_c_CO + np.einsum("kci,kt->cit", k_lc_KCq, lab.alpha_Kt).reshape(c, o)
     rho_Cqt = (yhat_CO - pred_CO).reshape(c, q, t)
     e_Cqt = np.linalg.solve(s_Cqq, rho_Cqt)
-    z_KCt = np.einsum("kci,cit->kct", v_KCq, e_Cqt)
-    d_CUO = np.einsum("uicj,cjt->cuit", k_uc_UqCq, e_Cqt).reshape(c, u, o)
-    d_CUO -= (
-        (lab.k_ul_UK @ z_KCt.reshape(-1, c * t))
-        .reshape(u, q, c, t)
-        .transpose(2, 0, 1, 3)
-        .reshape(c, u, o)
-    )
+    if q == 1:  # pNTK: W = K_UL V first (2·U·N·C FLOPs), then (K_UC − W)[:, c] ⊗ e_c
+        w_UC = lab.k_ul_UK @ v_KCq[:, :, 0]
+        d_CUO = np.einsum("uc,ct->cut", k_uc_UqCq[:, 0, :, 0] - w_UC, e_Cqt[:, 0, :])
+    else:  # eNTK: Z = V E first (K_UL V would cost O times more): 2·UO·NO·C
+        z_KCt = np.einsum("kci,cit->kct", v_KCq, e_Cqt)
+        d_CUO = np.einsum("uicj,cjt->cuit", k_uc_UqCq, e_Cqt).reshape(c, u, o)
+        d_CUO -= (
+            (lab.k_ul_UK @ z_KCt.reshape(-1, c * t))
+            .reshape(u, q, c, t)
+            .transpose(2, 0, 1, 3)
+            .reshape(c, u, o)
+        )
     base_U = np.argmax(base_UO, axis=1)
     changes_C = np.sum(np.argmax(base_UO[None] + d_CUO, axis=2) != base_U[None], axis=1)
     return {
@@ -280,6 +284,11 @@ def _labelled(k_ll, k_ul, y_l, f0_l, f0_u, ridge) -> tuple[_Labelled, np.ndarray
     k_ll = _f64("k_ll", k_ll)
     q = _block_size(k_ll)
     n = k_ll.shape[0]
+    if n < 1:
+        raise ValueError(
+            f"k_ll, y_labelled: no labelled points (k_ll {k_ll.shape}, y_labelled "
+            f"{np.shape(y_l)}); the look-ahead needs N >= 1"
+        )
     f0_l = _f64("f0_labelled", f0_l)
     if f0_l.ndim != 2 or f0_l.shape[0] != n or (q > 1 and f0_l.shape[1] != q):
         want = f"[{n}, O]" if q == 1 else f"[{n}, {q}]"
@@ -292,6 +301,8 @@ def _labelled(k_ll, k_ul, y_l, f0_l, f0_u, ridge) -> tuple[_Labelled, np.ndarray
     if f0_u.ndim != 2 or f0_u.shape[1] != o:
         raise ValueError(f"f0_pool: expected [U, {o}] outputs, got {f0_u.shape}")
     u = f0_u.shape[0]
+    if u < 1:
+        raise ValueError(f"f0_pool, k_ul: no pool points (f0_pool {f0_u.shape}); need U >= 1")
     k_ul_UqKq = _as_blocks("k_ul", k_ul, u, n, q)
     factor, lam = _factor(_as_blocks("k_ll", k_ll, n, n, q), ridge)
     t = o // q
@@ -369,9 +380,14 @@ def lookahead_from_kernels(
     """
     lam = _check_ridge(ridge)
     _check_chunk(chunk_size)
+    f0_c = _f64("f0_candidates", f0_candidates)
+    if f0_c.ndim == 2 and f0_c.shape[0] < 1:
+        raise ValueError(
+            f"f0_candidates, k_lc: no candidates (f0_candidates {f0_c.shape}, k_lc "
+            f"{np.shape(k_lc)}); the look-ahead needs C >= 1"
+        )
     lab, base_UO = _labelled(k_ll, k_ul, y_labelled, f0_labelled, f0_pool, lam)
     n, u, q, o = lab.alpha_Kt.shape[0] // lab.q, base_UO.shape[0], lab.q, lab.o
-    f0_c = _f64("f0_candidates", f0_candidates)
     if f0_c.ndim != 2 or f0_c.shape[1] != o:
         raise ValueError(f"f0_candidates: expected [C, {o}] outputs, got {f0_c.shape}")
     c = f0_c.shape[0]
@@ -427,6 +443,48 @@ def _rows(x: Any, start: int, stop: int, pad_to: int | None = None) -> Any:
     return jax.tree_util.tree_map(take, x)
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """The network's outputs ``[m, O]`` (float64) on ``m`` rows, ``chunk`` rows a call."""
+
+    apply_fn: Any
+    params: Any
+    chunk: int
+    kwargs: dict
+
+    def __call__(self, x: Any, m: int) -> np.ndarray:
+        return np.concatenate(
+            [
+                np.asarray(self.apply_fn(self.params, _rows(x, s, s + self.chunk), **self.kwargs))
+                for s in range(0, m, self.chunk)
+            ]
+        ).astype(np.float64)
+
+
+def _check_call(kernel, params, xs, y_labelled, candidate_labels, ridge, chunk_size, kwargs):
+    """Every check of :func:`lookahead`'s arguments, before any output or kernel is
+    computed (the number of outputs O from ``jax.eval_shape`` of one labelled row): returns
+    ``(N, C, U, ridge, y_labelled as [N, O] targets)``."""
+    apply_fn = getattr(kernel, "apply_fn", None)
+    if not callable(kernel) or apply_fn is None:
+        raise TypeError(
+            f"kernel: expected a kernel function from ntk.kernel_fn(apply_fn, kind=...), got "
+            f"{type(kernel).__name__} (precomputed kernels: ntk.lookahead_from_kernels)"
+        )
+    _check_chunk(chunk_size)
+    lam = _check_ridge(ridge)
+    n, c, u = (
+        _batch_len(k, x) for k, x in zip(("x_labelled", "x_candidates", "x_pool"), xs, strict=True)
+    )
+    shape = jax.eval_shape(lambda x: apply_fn(params, x, **kwargs), _rows(xs[0], 0, 1)).shape
+    if len(shape) != 2:
+        raise ValueError(f"kernel.apply_fn: expected [batch, O] outputs, got {shape} for 1 row")
+    y_NO = _targets("y_labelled", y_labelled, n, shape[1])
+    if candidate_labels is not None:
+        _targets("candidate_labels", candidate_labels, c, shape[1])
+    return n, c, u, lam, y_NO
+
+
 def lookahead(
     kernel: Any,
     params: Any,
@@ -476,39 +534,21 @@ def lookahead(
       >>> la.changes.shape, la.predictions.shape
       ((10,), (15, 3))
     """
-    apply_fn = getattr(kernel, "apply_fn", None)
-    if not callable(kernel) or apply_fn is None:
-        raise TypeError(
-            f"kernel: expected a kernel function from ntk.kernel_fn(apply_fn, kind=...), got "
-            f"{type(kernel).__name__} (precomputed kernels: ntk.lookahead_from_kernels)"
-        )
-    _check_chunk(chunk_size)
-    n = _batch_len("x_labelled", x_labelled)
-    c = _batch_len("x_candidates", x_candidates)
-    u = _batch_len("x_pool", x_pool)
-
-    def outputs(x, m):
-        return np.concatenate(
-            [
-                np.asarray(apply_fn(params, _rows(x, s, s + chunk_size), **apply_kwargs))
-                for s in range(0, m, chunk_size)
-            ]
-        )
-
+    n, c, u, lam, y_NO = _check_call(
+        kernel, params, (x_labelled, x_candidates, x_pool), y_labelled, candidate_labels,
+        ridge, chunk_size, apply_kwargs,
+    )  # fmt: skip
+    outputs = _Outputs(kernel.apply_fn, params, chunk_size, apply_kwargs)
+    f0_l, f0_u, f0_c = outputs(x_labelled, n), outputs(x_pool, u), outputs(x_candidates, c)
+    yhat_CO = _candidate_targets(candidate_labels, f0_c)
     k_ll = np.asarray(kernel(params, x_labelled, **apply_kwargs))
     if k_ll.ndim not in (2, 4):
         raise ValueError(
             f"kernel: kind {getattr(kernel, 'kind', '?')!r} gives {k_ll.shape}; the look-ahead "
             "needs an [N, N] kind (pntk, trace, ...) or the [N, N, O, O] eNTK"
         )
-    lam = _check_ridge(ridge)
     k_ul = np.asarray(kernel(params, x_pool, x_labelled, **apply_kwargs))
-    lab, base_UO = _labelled(
-        k_ll, k_ul, y_labelled, outputs(x_labelled, n), outputs(x_pool, u), lam
-    )
-    f0_c = outputs(x_candidates, c)
-    yhat_CO = _candidate_targets(candidate_labels, f0_c)
-    q = lab.q
+    lab, base_UO = _labelled(k_ll, k_ul, y_NO, f0_l, f0_u, lam)
     parts = []
     for s in range(0, c, chunk_size):
         m = min(chunk_size, c - s)
@@ -519,9 +559,9 @@ def lookahead(
         parts.append(
             _chunk(
                 lab,
-                _as_blocks("k_lc", k_lc, n, m, q).reshape(n * q, m, q),
-                _candidate_diagonal(k_cc, m, q),
-                _as_blocks("k_uc", k_uc, u, m, q),
+                _as_blocks("k_lc", k_lc, n, m, lab.q).reshape(n * lab.q, m, lab.q),
+                _candidate_diagonal(k_cc, m, lab.q),
+                _as_blocks("k_uc", k_uc, u, m, lab.q),
                 f0_c[s : s + m],
                 yhat_CO[s : s + m],
                 base_UO,

@@ -200,3 +200,72 @@ def test_singular_systems_ask_for_a_ridge():
         ntk.lookahead_from_kernels(
             rank_def, k[sl, sc], k[sc, sc], k[su, sl], k[su, sc], y, f0[sl], f0[sc], f0[su]
         )
+
+
+def test_empty_labelled_set_or_candidates_raise_value_errors():
+    """N = 0 (with a ridge: λ = mean of an empty diagonal would be NaN) and C = 0 are named
+    with their shapes, not an IndexError or silent NaNs."""
+    for kind in ("pntk", "entk"):
+        k, f0, y, (sl, sc, su) = _kernels(kind)
+        e = slice(0, 0)
+        with pytest.raises(ValueError, match=r"k_ll, y_labelled: no labelled points \(k_ll \(0, 0"):
+            ntk.lookahead_from_kernels(
+                k[e, e], k[e, sc], k[sc, sc], k[su, e], k[su, sc], y[:0], f0[e], f0[sc], f0[su],
+                ridge=0.1,
+            )  # fmt: skip
+        with pytest.raises(ValueError, match=r"f0_candidates, k_lc: no candidates .*\(0, 3\)"):
+            ntk.lookahead_from_kernels(
+                k[sl, sl], k[sl, e], k[e, e], k[su, sl], k[su, e], y, f0[sl], f0[e], f0[su]
+            )
+        with pytest.raises(ValueError, match=r"f0_pool, k_ul: no pool points"):
+            ntk.lookahead_from_kernels(
+                k[sl, sl], k[sl, sc], k[sc, sc], k[e, sl], k[e, sc], y, f0[sl], f0[sc], f0[e]
+            )
+
+
+class _CountingKernel:
+    """A kernel function that counts its calls (none may happen before the checks)."""
+
+    kind = "pntk"
+
+    def __init__(self):
+        self.calls = 0
+        self.apply_fn = _mlp
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        raise AssertionError("kernel computed before the argument checks")
+
+
+def test_lookahead_checks_every_argument_before_computing_a_kernel():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = {"w1": jax.random.normal(k1, (4, 8)), "w2": jax.random.normal(k2, (8, O))}
+    x = jax.random.normal(k3, (N + C + U, 4))
+    fn = _CountingKernel()
+    xs = (x[:N], np.arange(N) % O, x[N : N + C], x[N + C :])
+    with pytest.raises(ValueError, match=r"ridge: must be a finite number >= 0"):
+        ntk.lookahead(fn, params, *xs, ridge=-1.0)
+    with pytest.raises(ValueError, match=r"y_labelled: labels must be in \[0, 3\)"):
+        ntk.lookahead(fn, params, xs[0], np.arange(N), *xs[2:])
+    with pytest.raises(ValueError, match=r"y_labelled: expected \[6\] int labels"):
+        ntk.lookahead(fn, params, xs[0], np.arange(4) % O, *xs[2:])
+    with pytest.raises(ValueError, match=r"candidate_labels: expected \[5\] int labels"):
+        ntk.lookahead(fn, params, *xs, candidate_labels=[0, 1])
+    with pytest.raises(ValueError, match=r"candidate_labels: labels must be in \[0, 3\)"):
+        ntk.lookahead(fn, params, *xs, candidate_labels=np.arange(C))
+    with pytest.raises(ValueError, match=r"x_candidates: empty batch"):
+        ntk.lookahead(fn, params, *xs[:2], x[:0], xs[3])
+    with pytest.raises(ValueError, match=r"chunk_size: must be positive"):
+        ntk.lookahead(fn, params, *xs, chunk_size=0)
+    assert fn.calls == 0
+
+
+def test_pntk_update_is_exact_with_one_output():
+    """The pNTK's update forms K_UL V ([U, C]) before the outer product with e; it is exact
+    with one output as well as with O = 3 (the brute-force test)."""
+    k, f0, y, parts = _kernels("pntk", seed=3)
+    f1 = f0[:, :1]
+    la = _call(k, f1, np.zeros(N, int), parts, candidate_labels=np.ones((C, 1)), ridge=0.1,
+               return_deltas=True)  # fmt: skip
+    base, brute = _brute(k, f1, np.ones((N, 1)), np.ones((C, 1)), *parts, 0.1)
+    np.testing.assert_allclose(la.deltas, brute - base, atol=1e-9 * np.max(np.abs(brute - base)))
