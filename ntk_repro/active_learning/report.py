@@ -141,6 +141,33 @@ def _settings(cfg: dict) -> str:
     )
 
 
+def _c8_context(claims: list[dict], cfg: dict) -> list[str]:
+    """The table beside C8's verdict: did the retrains converge, and how close is the
+    linearised network after the same steps (the look-ahead is its limit)."""
+    rows = [c for c in claims if "retrain_loss_ratio_max" in c["measured"]]
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"Beside the verdict (not part of it): the retrains' convergence after "
+        f"{cfg['round_steps']} steps (the largest over a seed's retrains of the last step's "
+        "training loss over the first step's) and the linearised network after the same "
+        "steps of the same optimiser, compared with the measured change like the look-ahead "
+        "(its own loss ratio beside it; – where the optimiser is not constant-rate SGD).",
+        "",
+        _row("model, kernel", "retrain loss last/first", "same steps: r", "relative error",
+             "linearised loss last/first"),
+        _row(*["---"] * 5),
+    ]  # fmt: skip
+    none = {"mean": None, "interval": [None, None]}
+    for c in rows:
+        m = c["measured"]
+        same = m.get("same_steps", {})
+        cells = [same.get(k, none) for k in ("correlation", "relative_error", "loss_ratio_max")]
+        lines.append(_row(c["model"], _iv(m["retrain_loss_ratio_max"]), *map(_iv, cells)))
+    return lines
+
+
 def markdown(summary: dict) -> str:
     cfg = summary["config"]
     lines = [
@@ -199,6 +226,7 @@ def markdown(summary: dict) -> str:
         m = c["measured"]
         cells = (m["correlation"], m["relative_error"], m["l2_rank_correlation"], m["scale"])
         lines.append(_row(c["model"], *map(_iv, cells), f"**{c['verdict']}**"))
+    lines += _c8_context(summary["claims"], cfg)
     if summary["claims"]:
         c = summary["claims"][0]
         rules = "; ".join(f"{p['check']}: {p['rule']}" for p in c["parts"])
@@ -210,7 +238,10 @@ def markdown(summary: dict) -> str:
             "",
             f"Measured: {cfg['claim']['n_candidates']} random candidates per seed at the "
             "network trained on the initial labels, each retrained in with its predicted "
-            "class as label by the round's own retrain, beside a control retrain without it; "
+            "class as label by the round's own retrain "
+            f"({cfg['round_steps']} {cfg['optimizer']['name']} steps), "
+            "beside a control retrain without it; the look-ahead is the linearised "
+            "network trained to convergence; "
             "Δ_meas = f_{L+x}(U) − f_L(U) against the look-ahead's Δ_pred (r and the relative "
             "error over all candidates, points and outputs; the rank correlation of the "
             "per-candidate ‖Δ‖; scale: the least-squares factor of Δ_meas on Δ_pred).",

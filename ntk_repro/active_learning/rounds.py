@@ -91,16 +91,19 @@ def build_setup(cfg: dict, model_cfg: dict) -> Setup:
 
 def retrain(
     setup: Setup, state: TrainState, x: np.ndarray, y: np.ndarray, steps: int
-) -> tuple[TrainState, float]:
+) -> tuple[TrainState, dict]:
     """``steps`` full-batch steps on ``(x, y)`` from ``state``'s weights with a fresh
-    optimiser state; returns the state and the last step's loss."""
+    optimiser state; returns the state and the training loss (train mode) at the first step
+    (the starting weights) and at the last step (``{"start", "end"}``; NaN for 0 steps)."""
     state = TrainState(state.params, state.batch_stats, setup.tx.init(state.params))
-    loss = float("nan")
-    for _ in range(int(steps)):
+    losses = {"start": float("nan"), "end": float("nan")}
+    for i in range(int(steps)):
         state, m = setup.train_step(state, x, y)
+        if i == 0:
+            losses["start"] = float(m["loss"])
     if steps:
-        loss = float(m["loss"])
-    return state, loss
+        losses["end"] = float(m["loss"])
+    return state, losses
 
 
 def test_accuracy(setup: Setup, state: TrainState) -> float:
@@ -178,7 +181,8 @@ def initial_state(setup: Setup, seed: int) -> tuple[TrainState, np.ndarray, dict
         "round": 0,
         "n_labels": len(labelled),
         "test_acc": test_accuracy(setup, state),
-        "train_loss": loss,
+        "train_loss": loss["end"],
+        "train_loss_start": loss["start"],
         "train_seconds": time.perf_counter() - t0,
     }
     return state, labelled, record
@@ -188,7 +192,7 @@ def run_strategy(
     setup: Setup, state: TrainState, labelled: np.ndarray, seed: int, strategy: str, out: Path
 ) -> list[dict]:
     """``rounds`` rounds of ``strategy`` from the trained initial ``state``: one record per
-    round (labels, test accuracy, selection seconds, final training loss)."""
+    round (labels, test accuracy, selection seconds, first and last training loss)."""
     cfg, ds = setup.cfg, setup.ds
     records = []
     for rnd in range(1, int(cfg["rounds"]) + 1):
@@ -206,7 +210,8 @@ def run_strategy(
                 "round": rnd,
                 "n_labels": len(labelled),
                 "test_acc": test_accuracy(setup, state),
-                "train_loss": loss,
+                "train_loss": loss["end"],
+                "train_loss_start": loss["start"],
                 "select_seconds": seconds,
             }
         )

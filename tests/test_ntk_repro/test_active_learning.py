@@ -105,3 +105,35 @@ def test_study_runs_end_to_end_on_tiny_settings(tmp_path):
     assert (tmp_path / "fig_active_learning.png").stat().st_size > 0
     assert "## C8" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "runs" / "mlp_w16" / "seed0" / "lookahead_entk" / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize("kind", ["pntk", "entk"])
+def test_linearised_steps_converge_to_the_lookahead(kind):
+    """C8's same-steps comparison: momentum SGD on the linearised network, run long enough,
+    reaches the look-ahead's prediction (its limit); after few steps it has not."""
+    import ntk
+    from ntk_repro.active_learning.claim import _same_steps
+
+    n, c, u, o, p = 4, 3, 5, 3, 40
+    rng = np.random.default_rng(0)
+    j = rng.normal(size=(n + c + u, o, p)) / np.sqrt(p)
+    k = np.einsum("aip,bjp->abij", j, j)
+    if kind == "pntk":
+        g = j.sum(1) / np.sqrt(o)
+        k = g @ g.T
+    f0_all = rng.normal(size=(n + c + u, o))
+    sl, ss, su = slice(0, n), slice(n, n + c), slice(n + c, None)
+    ks = {"ll": k[sl, sl], "ls": k[sl, ss], "ss": k[ss, ss], "ul": k[su, sl], "us": k[su, ss]}
+    f0 = {"l": f0_all[sl], "s": f0_all[ss], "u": f0_all[su]}
+    y, labels = np.arange(n) % o, np.arange(c) % o
+    la = ntk.lookahead_from_kernels(
+        ks["ll"], ks["ls"], ks["ss"], ks["ul"], ks["us"], y, f0["l"], f0["s"], f0["u"],
+        candidate_labels=labels, return_deltas=True,
+    )  # fmt: skip
+    opt = {"name": "sgd", "learning_rate": 0.5, "momentum": 0.9}
+    lin, ratios = _same_steps(ks, f0, y, labels, 4000, opt)
+    np.testing.assert_allclose(lin, la.deltas, atol=1e-6 * np.max(np.abs(la.deltas)))
+    assert max(ratios) < 1e-12
+    few, ratios = _same_steps(ks, f0, y, labels, 3, opt)
+    assert np.linalg.norm(few - la.deltas) > 0.01 * np.linalg.norm(la.deltas)
+    assert min(ratios) > 1e-3
