@@ -168,6 +168,42 @@ def _c8_context(claims: list[dict], cfg: dict) -> list[str]:
     return lines
 
 
+def _c8_section(claims: list[dict], cfg: dict) -> list[str]:
+    """C8's verdicts, what lies beside them, its source, rule and measurement."""
+    lines = [
+        "",
+        "## C8: the linearised look-ahead approximates retraining",
+        "",
+        _row("model, kernel", "r", "relative error", "L2 rank corr.", "scale", "verdict"),
+        _row(*["---"] * 6),
+    ]
+    for c in claims:
+        m = c["measured"]
+        cells = (m["correlation"], m["relative_error"], m["l2_rank_correlation"], m["scale"])
+        lines.append(_row(c["model"], *map(_iv, cells), f"**{c['verdict']}**"))
+    lines += _c8_context(claims, cfg)
+    if claims:
+        c = claims[0]
+        rules = "; ".join(f"{p['check']}: {p['rule']}" for p in c["parts"])
+        lines += [
+            "",
+            f"Source: {c['expected']['source']}",
+            "",
+            f"Rule: {c['rule']}. Parts: {rules}.",
+            "",
+            f"Measured: {cfg['claim']['n_candidates']} random candidates per seed at the "
+            "network trained on the initial labels, each retrained in with its predicted "
+            "class as label by the round's own retrain "
+            f"({cfg['round_steps']} {cfg['optimizer']['name']} steps), "
+            "beside a control retrain without it; the look-ahead is the linearised "
+            "network trained to convergence; "
+            "Δ_meas = f_{L+x}(U) − f_L(U) against the look-ahead's Δ_pred (r and the relative "
+            "error over all candidates, points and outputs; the rank correlation of the "
+            "per-candidate ‖Δ‖; scale: the least-squares factor of Δ_meas on Δ_pred).",
+        ]
+    return lines
+
+
 def markdown(summary: dict) -> str:
     cfg = summary["config"]
     lines = [
@@ -215,37 +251,7 @@ def markdown(summary: dict) -> str:
             lines.append(
                 _row(model, "eNTK / pNTK look-ahead", f"{_fmt(by_s['entk_over_pntk'])}×", "")
             )
-    lines += [
-        "",
-        "## C8: the linearised look-ahead approximates retraining",
-        "",
-        _row("model, kernel", "r", "relative error", "L2 rank corr.", "scale", "verdict"),
-        _row(*["---"] * 6),
-    ]
-    for c in summary["claims"]:
-        m = c["measured"]
-        cells = (m["correlation"], m["relative_error"], m["l2_rank_correlation"], m["scale"])
-        lines.append(_row(c["model"], *map(_iv, cells), f"**{c['verdict']}**"))
-    lines += _c8_context(summary["claims"], cfg)
-    if summary["claims"]:
-        c = summary["claims"][0]
-        rules = "; ".join(f"{p['check']}: {p['rule']}" for p in c["parts"])
-        lines += [
-            "",
-            f"Source: {c['expected']['source']}",
-            "",
-            f"Rule: {c['rule']}. Parts: {rules}.",
-            "",
-            f"Measured: {cfg['claim']['n_candidates']} random candidates per seed at the "
-            "network trained on the initial labels, each retrained in with its predicted "
-            "class as label by the round's own retrain "
-            f"({cfg['round_steps']} {cfg['optimizer']['name']} steps), "
-            "beside a control retrain without it; the look-ahead is the linearised "
-            "network trained to convergence; "
-            "Δ_meas = f_{L+x}(U) − f_L(U) against the look-ahead's Δ_pred (r and the relative "
-            "error over all candidates, points and outputs; the rank correlation of the "
-            "per-candidate ‖Δ‖; scale: the least-squares factor of Δ_meas on Δ_pred).",
-        ]
+    lines += _c8_section(summary["claims"], cfg)
     return "\n".join(lines) + "\n"
 
 
