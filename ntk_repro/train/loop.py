@@ -49,6 +49,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -249,19 +250,28 @@ class _Diverged(Exception):
         )
 
 
-def _init_settings(cfg: Mapping) -> str:
+def _init_settings(cfg: Mapping, params: Any) -> str:
     """The settings to look at when the initialisation is not finite: the model's scale
-    settings (``sigma*``), those whose value overflows float32 (the parameters' dtype)
-    first, and the data."""
+    settings (``sigma*``), those whose value overflows the parameters' floating dtype
+    (``np.finfo(dtype).max``) first, and the data."""
+    dtype = _float_dtype(params)
     model = cfg["model"]
     scales = {k: v for k, v in model.items() if "sigma" in k and isinstance(v, int | float)}
-    big = [k for k, v in scales.items() if abs(float(v)) > _FLOAT32_MAX]
-    named = [f"model.{k}={scales[k]:g} (overflows float32)" for k in big]
+    big = [k for k, v in scales.items() if abs(float(v)) > float(np.finfo(dtype).max)]
+    named = [f"model.{k}={scales[k]:g} (overflows {dtype.name})" for k in big]
     named += [f"model.{k}={v:g}" for k, v in scales.items() if k not in big]
     return ", ".join(named + [f"the inputs of data={cfg['data']['name']}"])
 
 
-_FLOAT32_MAX = 3.4028234663852886e38
+def _float_dtype(params: Any) -> np.dtype:
+    """The floating dtype of the parameters (the widest of their floating leaves; float32,
+    JAX's default, where none is floating)."""
+    kinds = [
+        np.dtype(leaf.dtype)
+        for leaf in jax.tree_util.tree_leaves(params)
+        if hasattr(leaf, "dtype") and np.issubdtype(np.dtype(leaf.dtype), np.floating)
+    ]
+    return max(kinds, key=lambda d: d.itemsize, default=np.dtype(np.float32))
 
 
 def load_data(cfg: Mapping) -> Dataset:
@@ -418,7 +428,7 @@ def _on_divergence(run: _Run, error: _Diverged, before: tuple) -> int | None:
             "no kernel computed; a lower learning rate cannot help (trainer.on_divergence is "
             "not used). Look at %s. %s marks it diverged.",
             error,
-            _init_settings(run.cfg),
+            _init_settings(run.cfg, run.state.params),
             run.out / ckpt.STATUS_FILE,
         )
         return None

@@ -307,3 +307,17 @@ def test_a_nonfinite_initialisation_stops_at_epoch_0_step_0(tmp_path, on_diverge
     assert "epoch 0, step 0" in error and "model.sigma_w=1e+300 (overflows float32)" in error
     assert "cannot help" in error and "last finite checkpoint" not in error
     assert divergence_of(tmp_path)["epoch"] == 0
+
+
+def test_the_init_message_names_the_parameters_own_dtype():
+    """The overflow note uses np.finfo of the parameters' floating dtype, not float32's."""
+    from ntk_repro.train.loop import _init_settings
+
+    cfg = {"model": {"sigma_w": 1e300, "sigma_b": 1e5}, "data": {"name": "digits"}}
+    f64 = {"w": np.zeros(2, np.float64), "step": np.zeros((), np.int32)}
+    assert "overflows" not in _init_settings(cfg, f64)  # 1e300 < finfo(float64).max
+    f32 = {"w": np.zeros(2, np.float32)}
+    assert "model.sigma_w=1e+300 (overflows float32)" in _init_settings(cfg, f32)
+    assert "model.sigma_b=100000 (overflows" not in _init_settings(cfg, f32)
+    f16 = {"w": np.zeros(2, np.float16)}
+    assert "model.sigma_b=100000 (overflows float16)" in _init_settings(cfg, f16)
