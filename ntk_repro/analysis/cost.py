@@ -52,15 +52,22 @@ def kernel_cost(apply_fn, params, x, kw, implementation, batch_size, repeats) ->
     s: dict[str, Any] = {"n_cost": int(len(x))}
     for kind in ("entk", "pntk"):
         kfn = cached_kernel_fn(apply_fn, kind, implementation, batch_size)
+        raw: list = []  # the kernel array as computed, before any cast for the analysis
+
+        def call(kfn=kfn, raw=raw):
+            out = kfn(params, x, **kw)
+            raw[:] = [out]
+            return out
+
         if repeats > 0:
-            k, warm, first, (lo, hi) = timed(lambda kfn=kfn: kfn(params, x, **kw), repeats)
+            k, warm, first, (lo, hi) = timed(call, repeats)
         else:
             t0 = time.perf_counter()
-            k = np.asarray(jax.block_until_ready(kfn(params, x, **kw)), np.float64)
+            k = np.asarray(jax.block_until_ready(call()), np.float64)
             warm, first, lo, hi = None, time.perf_counter() - t0, None, None
-        # the kernel array's own bytes, in the dtype it was computed in (the parameters')
-        itemsize = np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).itemsize
-        s[f"array_bytes_{kind}"] = int(k.size) * int(itemsize)
+        # the stored size: the kernel array's own bytes (nbytes, in the dtype it came back in)
+        s[f"array_bytes_{kind}"] = int(raw[0].nbytes)
+        s[f"array_dtype_{kind}"] = str(raw[0].dtype)
         s[f"time_{kind}_s"], s[f"time_first_{kind}_s"] = warm, first
         s[f"time_{kind}_s_min"], s[f"time_{kind}_s_max"] = lo, hi
         # XLA's memory analysis compiles the unblocked computation once more, and the FLOP

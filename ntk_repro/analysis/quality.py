@@ -78,8 +78,9 @@ def kernel_metrics(
         ``"auto"``: all when the model has one output per class, else cost.
       solve_outputs: cost runs only: the O' values at which the kernel-regression solve is
         timed (:func:`ntk_repro.analysis.cost.solve_cost`, on sub-blocks of this run's
-        eNTK). Timed only in the run whose O equals the largest of them, so an O sweep
-        times it once; empty: not timed.
+        eNTK). Timed in every run whose O is at least the largest of them (a run cannot
+        know the other runs of its sweep, and a sweep such as O = 10, 100, 200 holds no run
+        at O = max exactly); empty: not timed.
 
     Returns:
       :class:`KernelResult` with scalars (``relative_frobenius_error``,
@@ -104,7 +105,7 @@ def kernel_metrics(
             measure = "all" if n_out == evalset.num_classes else "cost"
         if measure == "cost":
             cost = kernel_cost(apply_fn, p, x_tr, k_state, *options, timing_repeats)
-            if solve_outputs and cost["num_outputs"] == max(int(v) for v in solve_outputs):
+            if solve_outputs and cost["num_outputs"] >= max(int(v) for v in solve_outputs):
                 cost.update(solve_cost(cost["_entk"], solve_outputs, timing_repeats))
             return KernelResult({k: v for k, v in cost.items() if not k.startswith("_")}, {})
         x_te = cast_tree(np.asarray(evalset.x_test), dtype)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ntk_repro.report import figures as plotting
 from ntk_repro.report.tables import HEADLINE, mean_rows
-from ntk_repro.report.verdicts import AGREES, DISAGREES, Claim
+from ntk_repro.report.verdicts import AGREES, DISAGREES, NOT_JUDGED, Claim
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -58,7 +58,8 @@ def measured_text(c: Claim) -> str:
         talk = [p for p in c.parts if p.get("arm") == "unscaled_ridge"]
         arms = "; ".join(
             f"r {_fmt(p['ridge'])}: slope {_fmt(p['slope'])}, {_fmt(p['value_at_widest'])} at "
-            f"the widest against the floor {_fmt(p['floor_at_widest'])} ({p['verdict']})"
+            f"the widest against the floor {_fmt(p['floor_at_widest'])} ({p['verdict']}"
+            f"{'' if p.get('informative', True) else '; floor out of reach: not deciding'})"
             for p in talk
         )
         finding = m.get("finding") or {}
@@ -76,7 +77,6 @@ def measured_text(c: Claim) -> str:
         at = m.get("at")
         if not at:
             return "no cost runs"
-        verdicts = {p["check"]: p["verdict"] for p in c.parts}
         mem = "O² exactly" if m.get("memory_ratio_is_O2") else "not O² at every O"
         grows = [p for p in c.parts if p["check"].endswith("grows with O")]
         kern = "; ".join(
@@ -85,10 +85,12 @@ def measured_text(c: Claim) -> str:
             for p in grows
         )
         lo, hi = m.get("solve_exponent_interval") or (None, None)
-        solve = next((v for k, v in verdicts.items() if k.startswith("downstream")), None)
+        solves = [p for p in c.parts if p["check"].startswith("downstream")]
+        solve = max(solves, key=lambda p: p.get("N") or 0)["verdict"] if solves else None
         return (
             f"memory eNTK/pNTK {mem} (arrays' bytes; {_fmt(at.get('array_bytes_ratio'))} at "
-            f"O = {at['O']}); ResNet-18 on CIFAR-10: {m.get('terabytes_arithmetic')}; solve "
+            f"O = {at['O']}); ResNet-18 on CIFAR-10 ({NOT_JUDGED}): "
+            f"{m.get('terabytes_arithmetic')}; solve "
             f"exponent in O {_fmt(m.get('solve_exponent'))}, 95 % [{_fmt(lo)}, {_fmt(hi)}] "
             f"({solve}); kernel time ratio {_fmt(at['time_ratio'])}× at O = {at['O']} (depth "
             f"{at['depth']}, width {at['width']}, N = {at.get('N')}), {kern or 'one O'}; "

@@ -16,6 +16,10 @@ from scipy import stats
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
 VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE)
 LEVEL = 0.95  # two-sided coverage of every interval
+# a part shown beside a verdict that does not enter it
+NOT_JUDGED = "reported, not judged"
+# The sources quoted by the rules: the paper's abstract, and the first author's talk on it.
+TALK = "the talk (M. A. Mohamadi, 'A tale of ∞-wide neural networks', MILD, September 2022)"
 # The normal quantile, only for the paired binomial error of an accuracy gap over M test
 # points (a normal approximation of a count, not an estimate from a few seeds).
 Z = float(stats.norm.ppf(0.5 + LEVEL / 2))
@@ -178,6 +182,10 @@ def combine(verdicts: Iterable[str]) -> str:
     if all(v == AGREES for v in vs):
         return AGREES
     return INCONCLUSIVE
+
+
+def interval_rule(what: str) -> str:
+    return f"{what} ± t(n − 2)·se (pooled least-squares fit over widths and seeds, 95 %)"
 
 
 def part(name: str, verdict: str, rule: str, **measured) -> dict:

@@ -28,9 +28,11 @@ def _rows(
     disagree=0.05,
 ):
     """Width-sweep rows whose metrics follow power laws in width, seed noise multiplicative.
-    ``talk[ridge] = (slope, floor)``: the talk's arm's difference is
-    ``sqrt(floor² + (0.6·(w/64)^slope)²)`` (the floor plus a converging part) and its
-    predicted floor ``floor`` (default: the ridgeless law, floor 1e-4)."""
+    ``talk[ridge] = (slope, floor[, below[, spread]])``: the talk's arm's difference is
+    ``sqrt(floor² + (0.6·(w/64)^slope)²)`` (the floor plus a converging part), or with
+    ``below`` ``floor·(1 − 0.5·(w/64)^slope)`` (the floor approached from below, d < f at
+    every width), with extra multiplicative noise ``spread``; its predicted floor is ``floor``
+    (default: the ridgeless law, floor 1e-4)."""
     ridge_slopes = ridge_slopes or {r: slope for r in RIDGES}
     abs_ridge_slopes = abs_ridge_slopes or ridge_slopes
     talk = talk or {r: (ridge_slopes[0.0], 1e-4) for r in RIDGES if r}
@@ -64,9 +66,12 @@ def _rows(
                 r["kr_acc_entk" + tag] = 0.9
                 r["kr_acc_pntk" + tag] = 0.9 - gap
                 r["kr_argmax_disagree" + tag] = disagree
-            for ridge, (s_talk, floor) in talk.items():
+            for ridge, (s_talk, floor, *rest) in talk.items():
                 tag = f"@unscaled_ridge={ridge:g}"
-                r["kr_pred_rel_diff" + tag] = math.hypot(floor, law(0, s_talk, 0.6))
+                below, spread = (list(rest) + [False, 0.0][len(rest) :])[:2]
+                d = floor * (1 - 0.5 * law(0, s_talk)) if below else None
+                d = d if below else math.hypot(floor, law(0, s_talk, 0.6))
+                r["kr_pred_rel_diff" + tag] = d * math.exp(spread * rng.standard_normal())
                 r["kr_floor" + tag] = floor * math.exp(noise * rng.standard_normal())
                 r["kr_acc_entk" + tag] = 0.9
                 r["kr_acc_pntk" + tag] = 0.9 - gap
@@ -182,13 +187,24 @@ TINY = {0.01: (-0.5, 1e-4), 1.0: (-0.5, 1e-4)}  # floors far below the ridgeless
 @pytest.mark.parametrize(
     ("talk", "noise", "verdict", "breaks"),
     [
-        # ridge 1 levels off at its floor 0.5, above the ridgeless difference (0.6 → 0.3)
+        # ridge 1 levels off at its floor 0.5, above the ridgeless difference (0.6 → 0.15);
+        # ridge 0.01's floor is out of reach: not informative
         ({0.01: (-0.5, 1e-4), 1.0: (-0.5, 0.5)}, 0.01, AGREES, ["r = 1"]),
-        # ridge 1 stops converging altogether (slope 0, floor small)
-        ({0.01: (-0.5, 1e-4), 1.0: (0.0, 1e-4)}, 0.01, AGREES, ["r = 1"]),
+        # ridge 1 stops converging altogether (slope 0) with a reachable floor
+        ({0.01: (-0.5, 1e-4), 1.0: (0.0, 0.5)}, 0.01, AGREES, ["r = 1"]),
+        # the regime d < f: ridge 1 approaches its floor 0.5 from below (0.44 at the widest
+        # width, within d₀ = 0.15 of it): a limit approached, not a contradiction
+        ({0.01: (-0.5, 1e-4), 1.0: (-0.5, 0.5, True)}, 0.01, AGREES, ["r = 1"]),
+        # both informative, both at their floors
+        ({0.01: (-0.5, 0.3), 1.0: (-0.5, 0.5, True)}, 0.01, AGREES, ["r = 0.01", "r = 1"]),
+        # ANY ridge: one informative ridge agrees, the other's seeds scatter (inconclusive):
+        # the combined verdict does not let the one stand for all
+        ({0.01: (-0.5, 0.3, False, 0.8), 1.0: (-0.5, 0.5)}, 0.01, INCONCLUSIVE, ["r = 1"]),
         # floors too small to reach at these widths, converging as without ridge
         (TINY, 0.01, INCONCLUSIVE, []),
         (TINY, 0.4, INCONCLUSIVE, []),  # and noisy
+        # stops converging, but its floor is not reachable: not informative, not decisive
+        ({0.01: (-0.5, 1e-4), 1.0: (0.0, 1e-4)}, 0.01, INCONCLUSIVE, []),
     ],
 )
 def test_c5_verdict_is_the_talks_setting(talk, noise, verdict, breaks):
@@ -201,17 +217,43 @@ def test_c5_verdict_is_the_talks_setting(talk, noise, verdict, breaks):
     assert {p["arm"] for p in judged} == {"unscaled_ridge"}
     for p in judged:  # the measured difference and the predicted floor, side by side
         assert p["value_at_widest"] > 0 and p["floor_at_widest"] > 0
-        assert "will not hold" in c.expected["source"] and "not scaling" in c.expected["source"]
+        assert p["informative"] == (p["floor_at_widest"] > 0.2)
+    assert "will not hold" in c.expected["source"] and "not scaling" in c.expected["source"]
+    assert "our reading" in c.expected["source"] and "which we read as" in c.rule
 
 
 def test_c5_does_not_agree_when_the_difference_falls_below_a_reachable_floor():
     """The floor (0.5) is above the ridgeless difference, yet the talk's arm converges like
-    ridgeless to far below it: the talk's mechanism is contradicted."""
+    ridgeless to far below it (d + d₀ = 0.3 < f): the talk's mechanism is contradicted; the
+    one informative ridge decides."""
     rows = _rows(talk={0.01: (-0.5, 1e-4), 1.0: (-0.5, 1e-4)}, noise=0.01)
     for r in rows:
         r["kr_floor@unscaled_ridge=1"] = 0.5
     c = _claim(rows, "C5")
     assert c.verdict == DISAGREES, c.parts
+    assert c.measured["informative_ridges"] == [1.0]
+
+
+def test_c5_one_informative_ridge_against_the_talk_outweighs_one_for_it():
+    rows = _rows(talk={0.01: (-0.5, 0.3), 1.0: (-0.5, 1e-4)}, noise=0.01)
+    for r in rows:
+        r["kr_floor@unscaled_ridge=1"] = 0.5
+    c = _claim(rows, "C5")
+    verdicts = {p["ridge"]: p["verdict"] for p in c.parts if p["arm"] == "unscaled_ridge"}
+    assert verdicts == {0.01: AGREES, 1.0: DISAGREES}
+    assert c.verdict == DISAGREES
+
+
+def test_c5_below_the_floor_by_less_than_the_margin_is_not_a_contradiction():
+    """d < f at the widest width but d + d₀ > f: the floor is a limit (d = f ± e), so this is
+    no evidence against the talk; without d clearly above d₀ it is none for it either."""
+    rows = _rows(talk={0.01: (-0.5, 1e-4), 1.0: (-0.5, 1e-4)}, noise=0.01)
+    for r in rows:  # d ≈ 0.15 = d₀, f = 0.25: d < f < d + d₀
+        r["kr_floor@unscaled_ridge=1"] = 0.25
+    c = _claim(rows, "C5")
+    (p,) = [p for p in c.parts if p["arm"] == "unscaled_ridge" and p["ridge"] == 1.0]
+    assert p["value_at_widest"] < p["floor_at_widest"] and p["informative"]
+    assert p["verdict"] == INCONCLUSIVE and c.verdict == INCONCLUSIVE
 
 
 @pytest.mark.parametrize(
@@ -314,7 +356,12 @@ def _cost_rows(
         ({"exponent": 2.6}, AGREES),  # the kernel exponent is reported, not judged
         ({"exponent": -0.5}, DISAGREES),  # the saving shrinks with O
         ({"exponent": 1.3, "base": 1e-3}, DISAGREES),  # the pNTK is the slower one
-        ({"exponent": 1.3, "solve": 2.0}, DISAGREES),  # a quadratic solve
+        # "up to O((NO)³)" is an upper bound: a quadratic solve is within it and grows
+        # faster than the pNTK's; a quartic one is above it; one not clearly above 1 is not
+        # shown to cost more than the pNTK's
+        ({"exponent": 1.3, "solve": 2.0}, AGREES),
+        ({"exponent": 1.3, "solve": 4.0}, DISAGREES),
+        ({"exponent": 1.3, "solve": 0.5}, INCONCLUSIVE),
         ({"exponent": 1.3, "bytes_exp": 1.0}, DISAGREES),  # memory ratio O, not O²
     ],
 )
@@ -329,14 +376,29 @@ def test_c7_verdicts(kw, verdict):
     assert not any("FLOP" in p["check"] or "flop" in json.dumps(p) for p in c.parts)
 
 
-def test_c7_recomputes_the_talks_terabytes():
+def test_c7_reports_the_talks_terabytes_at_float64_and_at_the_measured_bytes():
     c = _claim([], "C7", cost=_cost_rows(1.3))
     (tb,) = [p for p in c.parts if "terabytes" in p["check"]]
+    assert tb["verdict"] == claims.NOT_JUDGED  # the talk's dtype is our inference
     assert tb["bytes"] == (50_000 * 10) ** 2 * 8 == 2e12 and tb["tib"] == pytest.approx(1.819)
-    assert tb["bytes_per_entry_measured"] == [4.0] and tb["verdict"] == AGREES
     assert "500,000 rows" in tb["arithmetic"] and "1.82 TiB" in tb["arithmetic"]
+    # the cost rows hold float32 arrays: 4 bytes per entry, half the float64 reading
+    assert tb["bytes_per_entry_measured"] == [4.0]
+    at4 = tb["at_measured_bytes_per_entry"]["4"]
+    assert at4["bytes"] == 1e12 and at4["tib"] == pytest.approx(0.9095)
+    assert "inference" in tb["rule"] and "1.00e+12 bytes" in c.measured["terabytes_arithmetic"]
     solve = next(p for p in c.parts if p["check"].startswith("downstream"))
     assert solve["exponent"] == pytest.approx(3.0, abs=0.05) and solve["N"] == 70
+    assert solve["verdict"] == AGREES and "upper bound" in solve["rule"]
+
+
+def test_c7_times_the_solve_per_n_never_pooled():
+    rows = _cost_rows(1.3) + [
+        dict(r, solve_n=140, n_cost=140) for r in _cost_rows(1.3, solve=4.0) if "solve_n" in r
+    ]
+    c = _claim([], "C7", cost=rows)
+    solves = {p["N"]: p["verdict"] for p in c.parts if p["check"].startswith("downstream")}
+    assert solves == {70: AGREES, 140: DISAGREES} and c.verdict == DISAGREES
 
 
 def test_c7_never_pools_runs_timed_on_different_numbers_of_points():
@@ -550,3 +612,32 @@ def test_solve_timings_use_the_kernels_of_the_first_outputs():
             assert len(times) == 2 and all(t > 0 for t in times)
     with pytest.raises(ValueError, match="solve_outputs"):
         solve_cost(full, [7], repeats=1)
+
+
+def test_cost_runs_store_the_kernel_arrays_own_bytes_and_time_the_solve_at_o_above_max():
+    """array_bytes_* is the returned kernel's nbytes in its own dtype; the solve is timed in
+    every run whose O is at least max(solve_outputs), not only at O = max."""
+    import jax
+
+    from ntk_repro.analysis.evalset import EvalSet
+    from ntk_repro.analysis.quality import kernel_metrics
+    from ntk_repro.models import build_model, init_model, kernel_model
+
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    ev = EvalSet(x, np.arange(6) % 4, x[:2], np.arange(2), 4)
+    for o, timed_solve in ((8, True), (3, True), (2, False)):
+        model = build_model("mlp", num_classes=4, num_outputs=o, width=8, depth=1)
+        apply_fn, params, _ = kernel_model(model, init_model(model, jax.random.key(0), (5,)))
+        for dtype, size in (("float32", 4), ("float64", 8)):
+            s = kernel_metrics(
+                apply_fn,
+                params,
+                ev,
+                measure="cost",
+                dtype=dtype,
+                timing_repeats=1 if dtype == "float32" else 0,
+                solve_outputs=(2, 3),
+            ).scalars
+            assert s["array_bytes_entk"] == 6 * 6 * o * o * size, (o, dtype)
+            assert s["array_bytes_pntk"] == 6 * 6 * size and s["array_dtype_entk"] == dtype
+            assert ("solve_times_entk_s@O=3" in s) == timed_solve, o
