@@ -130,50 +130,69 @@ def _options(kind):
     return {"key": jax.random.key(7)} if kind == "random_projection" else {}
 
 
+# Explicit implementations timed beside ``auto`` (their kind), to check auto's choice
+# (within 1.2x of the fastest); NTK-vector products cost N² forward passes here and are left out.
+IMPL_CHECK = {"pntk": ("jacobian", "structured")}
+IMPL_CHECK_MODELS = ("plain_conv96_28x28", "plain_conv_rgb_32x32", "study_cnn_w32")
+
+
+def _row(model, dtype, kind, impl, fn, params, x, kw, batch, first):
+    from benchmarks.suite import _nominal_flops
+
+    prep = fn.prepared(params, x, None, kw)[0]
+    # the cost model sees one block pair; a symmetric kernel of b blocks runs b(b+1)/2
+    blocks = math.ceil(x.shape[0] / (batch or x.shape[0]))
+    bx = x[: batch or x.shape[0]]
+    flops = blocks * (blocks + 1) / 2 * _nominal_flops(
+        prep.implementation, {"n": bx.shape[0]}, prep.proj_KO.shape[0], prep.diag,
+        _bound(fn.apply_fn, kw), params, bx,
+    )  # fmt: skip
+    return {"model": model, "dtype": dtype, "kind": kind, "n": x.shape[0], "batch_size": batch,
+            "requested": impl, "implementation": prep.implementation, "first_call_s": first,
+            "flops": flops}  # fmt: skip
+
+
 def measure(model: str, dtype: str, rounds: int) -> list[dict]:
-    """One row per kind (see the module doc)."""
+    """One row per kind with ``auto``, and per checked implementation (see the module doc)."""
     import jax
 
     import ntk
-    from benchmarks.suite import _nominal_flops
 
     builder, _ = MODELS[model]
     apply_fn, params, x, kw, batch = builder(np.dtype(dtype))
     rate = gemm_rate(dtype)
+    combos = [(kind, "auto") for kind in KINDS]
+    if model in IMPL_CHECK_MODELS:
+        combos += [(kind, impl) for kind, impls in IMPL_CHECK.items() for impl in impls]
     calls, rows = {}, {}
-    for kind in KINDS:
-        fn = ntk.kernel_fn(apply_fn, kind=kind, batch_size=batch, **_options(kind))
-        calls[kind] = lambda fn=fn: jax.block_until_ready(fn(params, x, **kw))
+    for kind, impl in combos:
+        fn = ntk.kernel_fn(
+            apply_fn, kind=kind, implementation=impl, batch_size=batch, **_options(kind)
+        )
+        calls[kind, impl] = lambda fn=fn: jax.block_until_ready(fn(params, x, **kw))
         t0 = time.perf_counter()
-        calls[kind]()
+        calls[kind, impl]()
         first = time.perf_counter() - t0
-        prep = fn.prepared(params, x, None, kw)[0]
-        k = prep.proj_KO.shape[0]
-        case = {"n": x.shape[0]}
-        # the cost model sees one block pair; a symmetric kernel of b blocks runs b(b+1)/2
-        blocks = math.ceil(x.shape[0] / (batch or x.shape[0]))
-        bx = x[: batch or x.shape[0]]
-        flops = blocks * (blocks + 1) / 2 * _nominal_flops(
-            prep.implementation, {"n": bx.shape[0]}, k, prep.diag,
-            _bound(apply_fn, kw), params, bx,
-        )  # fmt: skip
-        rows[kind] = {"model": model, "dtype": dtype, "kind": kind, **case, "batch_size": batch,
-                      "implementation": prep.implementation, "first_call_s": first,
-                      "flops": flops, "gemm_gflops": rate}  # fmt: skip
+        rows[kind, impl] = _row(model, dtype, kind, impl, fn, params, x, kw, batch, first)
     times = harness.interleave(calls, rounds)
-    for kind, row in rows.items():
-        warm = float(np.min(times[kind]))
+    for key, row in rows.items():
+        warm = float(np.min(times[key]))
+        predicted = row["flops"] / (rate * 1e9)
         row.update(
             warm_min_s=warm,
-            warm_median_s=float(np.median(times[kind])),
+            warm_median_s=float(np.median(times[key])),
             compile_s=max(row["first_call_s"] - warm, 0.0),
-            predicted_s=row["flops"] / (rate * 1e9),
+            gemm_gflops=rate,
+            predicted_s=predicted,
+            measured_over_predicted=warm / predicted,
+            within_2x=0.5 <= warm / predicted <= 2.0,
         )
-        row["measured_over_predicted"] = warm / row["predicted_s"]
-        row["within_2x"] = 0.5 <= row["measured_over_predicted"] <= 2.0
-    for row in rows.values():
-        row["speedup_over_entk"] = rows["entk"]["warm_min_s"] / row["warm_min_s"]
-        row["flop_ratio_entk"] = rows["entk"]["flops"] / row["flops"]
+    entk = rows["entk", "auto"]
+    for (kind, _), row in rows.items():
+        row["speedup_over_entk"] = entk["warm_min_s"] / row["warm_min_s"]
+        row["flop_ratio_entk"] = entk["flops"] / row["flops"]
+        best = min(r["warm_min_s"] for (k, _), r in rows.items() if k == kind)
+        row["over_fastest"] = row["warm_min_s"] / best
     del calls
     gc.collect()
     return list(rows.values())
@@ -191,16 +210,18 @@ def markdown(rows: list[dict], machine: dict) -> str:
         f"Conv nets, eNTK against pNTK and the other kinds (implementation auto, O = {O}); "
         f"{machine['description']}, jax {machine['jax']}. Warm = minimum over interleaved "
         "rounds; predicted = cost-model FLOPs / the run's jax GEMM rate in the dtype.\n\n"
-        "| model | dtype | N | kind | impl | compile s | warm s | speed-up vs eNTK | "
-        "FLOP ratio | GFLOPs | GEMM GFLOP/s | predicted s | measured / predicted |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| model | dtype | N | kind | impl (chosen) | compile s | warm s | speed-up vs eNTK | "
+        "FLOP ratio | GFLOPs | GEMM GFLOP/s | predicted s | measured / predicted | "
+        "vs fastest impl |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['model']} | {r['dtype']} | {r['n']} | {r['kind']} | {r['implementation']} | "
+        f"| {r['model']} | {r['dtype']} | {r['n']} | {r['kind']} | "
+        f"{r['requested']} ({r['implementation']}) | "
         f"{r['compile_s']:.2f} | {r['warm_min_s']:.3f} | {r['speedup_over_entk']:.1f}× | "
         f"{r['flop_ratio_entk']:.1f}× | {r['flops'] / 1e9:.1f} | {r['gemm_gflops']:.0f} | "
         f"{r['predicted_s']:.3f} | {r['measured_over_predicted']:.2f}"
-        f"{'' if r['within_2x'] else ' (off 2×)'} |"
+        f"{'' if r['within_2x'] else ' (off 2×)'} | {r['over_fastest']:.2f} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -223,7 +244,7 @@ def main() -> None:
     for name in names:
         for dtype in MODELS[name][1][: 1 if args.quick else 2]:
             rows += measure(name, dtype, args.rounds)
-            print(markdown(rows[-len(KINDS) :], {"description": "", "jax": jax.__version__}))
+            print(markdown(rows, {"description": "so far", "jax": jax.__version__}), flush=True)
     machine = machine_info(args.rounds)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
