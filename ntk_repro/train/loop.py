@@ -490,7 +490,10 @@ def _evaluate_epoch(run: _Run, epoch: int, is_checkpoint: bool) -> dict:
     if epoch == 0 and not bool(all_finite(run.state)):
         raise _Diverged(0, run.step, run.lr, "the initial parameters are not finite")
     train_m = evaluate(run.eval_step, run.state, ds.x_train[:n_eval], ds.y_train[:n_eval], bs)
-    if not math.isfinite(train_m["loss"]):  # at init: the initial network's outputs
+    # At init only where the run trains: a run that takes no step (a cost run whose wider
+    # readout O' < classes has no defined loss) still has its kernels.
+    trains = epoch > 0 or int(run.trainer["epochs"]) > 0
+    if trains and not math.isfinite(train_m["loss"]):  # at init: the initial outputs
         what = "initial training loss" if epoch == 0 else "evaluated train_loss"
         raise _Diverged(epoch, run.step, run.lr, f"{what} is {train_m['loss']}")
     test_m = evaluate(run.eval_step, run.state, ds.x_test[:n_test], ds.y_test[:n_test], bs)

@@ -4,6 +4,7 @@ parameters, and the report lists diverged runs and leaves them out of its rows."
 
 import json
 import logging
+import math
 import shutil
 
 import jax
@@ -321,3 +322,15 @@ def test_the_init_message_names_the_parameters_own_dtype():
     assert "model.sigma_b=100000 (overflows" not in _init_settings(cfg, f32)
     f16 = {"w": np.zeros(2, np.float16)}
     assert "model.sigma_b=100000 (overflows float16)" in _init_settings(cfg, f16)
+
+
+def test_a_run_without_training_keeps_its_kernels_when_its_loss_is_undefined(tmp_path):
+    """A cost run's wider or narrower readout (O' = 3 < 10 classes) has no defined
+    cross-entropy (labels beyond the outputs): with finite parameters and no step to take,
+    that is no divergence, and its kernels are computed."""
+    cfg = _cfg(STOP_LR, epochs=0, checkpoint_epochs=[0], loss="cross_entropy")
+    cfg["model"]["num_outputs"] = 3
+    kernels = _Kernels()
+    result, _ = _train_logged(cfg, tmp_path, [kernels])
+    assert result.diverged is None and kernels.epochs == [0] and kernels.all_finite
+    assert not math.isfinite(result.metrics[0]["train_loss"])
