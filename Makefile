@@ -73,7 +73,7 @@ CNN := model=cnn kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_siz
 # costs ~7.5 TFLOPs (ntk.diagnose), over a minute on 2 cores per seed, out of the 20-minute
 # budget; make reproduce-paper has it. Float32 kernels: the eNTK's condition numbers at this
 # N are small enough (summary.json: cond_entk) that float64 changes no reported digit. The
-# per-layer diagnosis (kernel.layer_shares, a float32 Jacobian) at width RESNET_SHARES.
+# per-layer diagnosis (kernel.layer_shares, a float32 Jacobian) at width RESNET_SHARES, seed 0.
 RESNET := model=resnet18 kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=25 \
 	kernel.dtype=float32
 # The paper's timing figure in small: eNTK and pNTK per computation on N = 70 inputs (the
@@ -90,8 +90,8 @@ reproduce: $(STAMP) ## The whole CPU-scale reproduction on mnist5k -> results/ (
 
 fig-width: $(STAMP) ## (a) C1-C5 at init across widths: ResNet-18, CNN, MLP (and its float32 kernels)
 	$(PAR) $(WIDTH) $(RESNET) seed=$(SEEDS) model.width=$(RESNET_WIDTHS)
-	$(PAR) $(WIDTH) $(RESNET) seed=$(SEEDS) model.width=$(RESNET_SHARES) \
-	    kernel.layer_shares=true
+	$(PAR) $(WIDTH) $(RESNET) seed=1,2 model.width=$(RESNET_SHARES)
+	$(RUN) $(WIDTH) $(RESNET) seed=0 model.width=$(RESNET_SHARES) kernel.layer_shares=true
 	$(PAR) $(WIDTH) $(CNN) seed=$(SEEDS) model.width=$(CNN_WIDTHS)
 	$(PAR) $(WIDTH) model=mlp seed=$(SEEDS) model.width=$(MLP_WIDTHS) kernel.compare_float32=true
 
@@ -110,7 +110,7 @@ fig-training: $(STAMP) ## (b) C6: the approximation over training (the paper's S
 	    data.n_train=1000 trainer.epochs=5 trainer.checkpoint_epochs=[0,1,5] \
 	    kernel.timing_repeats=0
 	$(PAR) experiment=training logger=wandb $(RESNET) seed=$(SEEDS) model.width=16,8 \
-	    data.n_train=1000 trainer.epochs=3 trainer.checkpoint_epochs=[0,1,3] \
+	    data.n_train=1000 trainer.epochs=3 trainer.checkpoint_epochs=[0,3] \
 	    kernel.timing_repeats=0
 
 fig-linearized: $(STAMP) ## (f) the MSE-trained network against its linearisation (eNTK, pNTK)
