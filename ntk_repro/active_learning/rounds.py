@@ -153,9 +153,11 @@ def query(
 
 def save(out: Path, rnd: int, state: TrainState, labelled: np.ndarray) -> None:
     """An Orbax checkpoint of ``state`` as step ``rnd`` under ``out`` (the loop's layout) and
-    the labelled indices beside it."""
+    the labelled indices beside it; a rerun of the study replaces the step it saved before."""
     manager = ckpt.checkpoint_manager(out)
     try:
+        if rnd in manager.all_steps():
+            manager.delete(rnd)
         meta = {"step": rnd, "num_classes": 0, "labelled": [int(i) for i in labelled]}
         ckpt.save_checkpoint(
             manager, rnd, params=state.params, batch_stats=state.batch_stats,
