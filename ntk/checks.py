@@ -130,10 +130,15 @@ def check_inputs(x1: Any, x2: Any) -> None:
         )
 
 
-def check_batch_size(batch_size: Any) -> None:
-    if batch_size is None:
+def check_optional_count(name: str, value: Any) -> None:
+    """Raises unless ``value`` is None or a positive int; the error names ``name``."""
+    if value is None:
         return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise TypeError(f"batch_size: expected a positive int or None, got {batch_size!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be a positive int or None, got {batch_size}")
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}: expected a positive int or None, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: must be positive, got {value}")
+
+
+def check_batch_size(batch_size: Any) -> None:
+    check_optional_count("batch_size", batch_size)

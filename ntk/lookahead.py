@@ -38,6 +38,8 @@ import jax
 import numpy as np
 import scipy.linalg
 
+from ntk import checks
+
 __all__ = ["LookAhead", "lookahead", "lookahead_from_kernels", "SCORES"]
 
 SCORES = ("changes", "l2_change")
@@ -104,15 +106,6 @@ def _check_ridge(ridge: Any) -> float:
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge: must be a finite number >= 0, got {ridge!r}")
     return float(ridge)
-
-
-def _check_chunk(chunk_size: Any) -> None:
-    if chunk_size is None:
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
-        raise TypeError(f"chunk_size: expected a positive int or None, got {chunk_size!r}")
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size: must be positive, got {chunk_size}")
 
 
 def _targets(name: str, y: Any, n: int, o: int) -> np.ndarray:
@@ -379,7 +372,7 @@ def lookahead_from_kernels(
       ((3,), (2,))
     """
     lam = _check_ridge(ridge)
-    _check_chunk(chunk_size)
+    checks.check_optional_count("chunk_size", chunk_size)
     f0_c = _f64("f0_candidates", f0_candidates)
     if f0_c.ndim == 2 and f0_c.shape[0] < 1:
         raise ValueError(
@@ -471,7 +464,7 @@ def _check_call(kernel, params, xs, y_labelled, candidate_labels, ridge, chunk_s
             f"kernel: expected a kernel function from ntk.kernel_fn(apply_fn, kind=...), got "
             f"{type(kernel).__name__} (precomputed kernels: ntk.lookahead_from_kernels)"
         )
-    _check_chunk(chunk_size)
+    checks.check_optional_count("chunk_size", chunk_size)
     lam = _check_ridge(ridge)
     n, c, u = (
         _batch_len(k, x) for k, x in zip(("x_labelled", "x_candidates", "x_pool"), xs, strict=True)
