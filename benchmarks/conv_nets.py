@@ -2,10 +2,10 @@
 this library (``make bench``; ``python -m benchmarks.conv_nets OUT_DIR [--quick]``).
 
 Models: the study's CNN (widths 16-128) and ResNet-18 (widths 8-32) at the sizes ``make
-reproduce`` uses (N = 50 points of 28×28 mnist-shaped inputs, kernels in blocks of 50 and
-25), and two plain-JAX conv nets written here, not the study's code (two 3×3 convolutions of
-96 channels, 2×2 average pool and a dense readout on 64 points of 28×28×1; a strided
-three-layer net on 64 points of 32×32×3). O = 10, implementation ``auto``.
+reproduce`` uses (N = 50 points of 28×28 mnist-shaped inputs, kernels in one block), and two
+plain-JAX conv nets written here, not the study's code (two 3×3 convolutions of 96 channels,
+2×2 average pool and a dense readout on 64 points of 28×28×1; a strided three-layer net on 64
+points of 32×32×3). O = 10, implementation ``auto``.
 
 Per model and dtype, every kind is compiled first (its first call timed alone), then all are
 called in turn for ``rounds`` rounds in this process, so their ratios share one machine
@@ -105,7 +105,7 @@ def _study(name, width, batch):
 CNN_DT, RESNET_DT = ("float64", "float32"), ("float32", "float64")
 MODELS = {
     **{f"study_cnn_w{w}": (_study("cnn", w, 50), CNN_DT) for w in (128, 64, 32, 16)},
-    **{f"study_resnet18_w{w}": (_study("resnet18", w, 25), RESNET_DT) for w in (32, 16, 8)},
+    **{f"study_resnet18_w{w}": (_study("resnet18", w, None), RESNET_DT) for w in (32, 16, 8)},
     "plain_conv96_28x28": (_plain_conv, ("float32", "float64")),
     "plain_conv_rgb_32x32": (_plain_rgb, ("float32", "float64")),
 }  # fmt: skip

@@ -2,6 +2,8 @@
 convolution in values and in both cotangents, for every parameter a jaxpr can hold, and the
 kernels' hot path calls no float64 convolution on the CPU."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 import ntk
+from ntk.kernels.api import clear_caches
 from ntk.kernels.convolution import conv_gemm, lowering, patches
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -102,12 +105,24 @@ def test_conv_gemm_equals_xla_values_and_cotangents(name):
     assert "convolution" not in hlo  # the forward and both transposes are products and pads
 
 
-def test_patches_match_xla_patches():
-    x = jax.random.normal(jax.random.key(0), (2, 3, 9, 8), jnp.float64)
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_patches_match_xla_patches(groups):
+    x = jax.random.normal(jax.random.key(0), (2, 4, 9, 8), jnp.float64)
     args = ((3, 2), (2, 1), [(1, 1), (0, 1)])
     want = jax.lax.conv_general_dilated_patches(x, *args, rhs_dilation=(1, 2))
-    got = patches(jnp.moveaxis(x, 1, -1), *args, rhs_dilation=(1, 2))
-    np.testing.assert_array_equal(jnp.moveaxis(got, -1, 1), want)
+    # XLA orders features (channel, *window); ours are (group, *window, channel in group)
+    n, _, *out = want.shape
+    want = want.reshape(n, groups, 4 // groups, 6, *out)
+    want = jnp.moveaxis(jnp.swapaxes(want, 2, 3).reshape(n, 24, *out), 1, -1)
+    got = patches(jnp.moveaxis(x, 1, -1), *args, rhs_dilation=(1, 2), groups=groups)
+    np.testing.assert_array_equal(got, want)
+    # the staged slices' tangent and transpose are those of the windows taken at once
+    t = jax.random.normal(jax.random.key(1), x.shape, jnp.float64)
+    f = lambda a: patches(jnp.moveaxis(a, 1, -1), *args, rhs_dilation=(1, 2), groups=groups)  # noqa: E731
+    np.testing.assert_array_equal(jax.jvp(f, (x,), (t,))[1], f(t))
+    ct = jax.random.normal(jax.random.key(2), got.shape, jnp.float64)
+    (back,) = jax.vjp(f, x)[1](ct)
+    np.testing.assert_allclose(jnp.vdot(back, t), jnp.vdot(ct, f(t)), rtol=1e-12)
 
 
 def test_patches_window_larger_than_input_is_an_error():
@@ -137,3 +152,27 @@ def test_structured_kernel_on_cpu_calls_no_float64_convolution(kind):
     ref = ntk.kernel_fn(net.apply, kind=kind, implementation="jacobian")
     np.testing.assert_allclose(fn(params, x), ref(params, x), rtol=1e-10, atol=1e-12)
     assert "convolution" not in jax.jit(fn).lower(params, x).as_text()
+
+
+@pytest.mark.parametrize("kind", ["entk", "pntk"])
+def test_xla_patches_off_the_cpu_are_exact(kind, monkeypatch):
+    """Off the CPU a weight's patches come from XLA's patches convolution; forced here in
+    float32 (where the model's convolutions stay XLA's), every conv site materialising J_W."""
+    from ntk.kernels.structured import contract, factors
+    from ntk.kernels.structured import kernel as structured
+
+    monkeypatch.setattr(factors, "slice_patches", lambda: False)
+    monkeypatch.setattr(structured, "slice_patches", lambda: False)
+    monkeypatch.setattr(contract, "site_costs", lambda *a, **k: (math.inf, 0.0, 0.0))
+    clear_caches()
+    try:
+        net = _Net()
+        x = jax.random.normal(jax.random.key(1), (3, 12, 12, 2), jnp.float32)
+        params = net.init(jax.random.key(2), x)
+        got = ntk.kernel(net.apply, params, x, kind=kind, implementation="structured")
+        p64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        x64 = x.astype(jnp.float64)
+        want = ntk.kernel(net.apply, p64, x64, kind=kind, implementation="jacobian")
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-4 * np.abs(want).max())
+    finally:
+        clear_caches()

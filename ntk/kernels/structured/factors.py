@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import DropVar, Literal
 
-from ntk.kernels.convolution import conv_gemm, lowering, patches, slice_patches
+from ntk.kernels.convolution import conv_gemm_and_patches, lowering, patches, slice_patches
 from ntk.kernels.model import Model
 from ntk.kernels.structured.uses import Plan, Use, bind, inner_jaxpr
 
@@ -59,7 +59,9 @@ def evaluate(jaxpr, consts, args, path, ctx: _Ctx):
         elif p in ctx.scans:
             outvals = _scan(eqn, invals, p, ctx)
         elif eqn.primitive.name == "conv_general_dilated" and _gemm(eqn):
-            outvals = [conv_gemm(*invals, **eqn.params)]
+            y, cols = conv_gemm_and_patches(*invals, **eqn.params)
+            outvals = [y]
+            invals[0] = cols  # a kernel's use records these patches, not the image
         else:
             ans = bind(eqn, invals)
             outvals = list(ans) if eqn.primitive.multiple_results else [ans]
@@ -74,7 +76,9 @@ def evaluate(jaxpr, consts, args, path, ctx: _Ctx):
 
 
 def _gemm(eqn) -> bool:
-    return lowering(eqn.outvars[0].aval.dtype) == "gemm"
+    """Whether a convolution runs as :func:`conv_gemm` (its kernel's use then records the
+    patches of the product, ``[nb, *out, C·k]``, instead of the input image)."""
+    return eqn.params["batch_group_count"] == 1 and lowering(eqn.outvars[0].aval.dtype) == "gemm"
 
 
 def _scan(eqn, invals, p, ctx: _Ctx):
@@ -159,7 +163,7 @@ def canonical(use: Use, other, delta) -> Factor:
     n, k = delta.shape[:2]
     nl = len(use.lengths)
     b = n * math.prod(use.lengths)
-    o_B = other.reshape(b, *use.other_shape)
+    o_B = other.reshape(b, *other.shape[1 + nl :])
     d_BK = jnp.moveaxis(delta, 1, 1 + nl).reshape(b, k, *use.out_shape)
     if use.kind == "gather":
         a_B, valid_B, d_B = _gather(use, o_B, d_BK)
@@ -216,25 +220,30 @@ def _dot(use: Use, o_B, d_BK):
 
 
 def _conv(use: Use, o_B, d_BK):
-    """Image patches ``[B, G, S, Cg·kh·kw]`` and cotangents ``[B, K, G, S, Fg]``."""
+    """Image patches ``[B, G, S, k·Cg]`` (features ordered (*window, channel), as
+    :meth:`Use.canonical_index` orders the kernel) and cotangents ``[B, K, G, S, Fg]``."""
     prm = use.params
     lhs_spec, rhs_spec, out_spec = prm["dimension_numbers"]
     g, s, c, f = use.group_dims()
     b, k = d_BK.shape[:2]
     window = [use.weight_shape[d] for d in rhs_spec[2:]]
     args = (prm["window_strides"], prm["padding"], prm["lhs_dilation"], prm["rhs_dilation"])
-    if slice_patches():  # slices, not a convolution with a one-hot filter
+    if lowering(use.dtype) == "gemm":  # o_B holds the forward's patches [B, nb, *out, G·k·Cg]
+        nb = o_B.shape[1]
+        a = o_B.reshape(b, nb, -1, g, c)
+    elif slice_patches():  # slices, not a convolution with a one-hot filter
         x = jnp.transpose(o_B, [0, *(1 + d for d in (*lhs_spec[:1], *lhs_spec[2:], lhs_spec[1]))])
         nb = x.shape[1]  # [B, nb, *sp, C]
-        col = patches(x.reshape(b * nb, *x.shape[2:]), window, *args)  # [B·nb, *out, C·k]
-        a = col.reshape(b, nb, -1, g, c)  # channels of group j are contiguous
+        col = patches(x.reshape(b * nb, *x.shape[2:]), window, *args, g)  # [B·nb, *out, G·k·Cg]
+        a = col.reshape(b, nb, -1, g, c)
     else:
         x = jnp.transpose(o_B, [0, *(1 + d for d in lhs_spec)])  # [B, nb, C, sp...]
         nb = x.shape[1]
         col = jax.lax.conv_general_dilated_patches(
             x.reshape(b * nb, *x.shape[2:]), window, *args, precision=prm["precision"]
-        )  # [B·nb, C·k, *out], features ordered (channel, *window)
-        a = jnp.swapaxes(col.reshape(b, nb, col.shape[1], -1), 2, 3).reshape(b, nb, -1, g, c)
+        )  # [B·nb, C·k, *out], features ordered (group, channel in group, *window)
+        col = col.reshape(b, nb, g, -1, math.prod(window), s // nb)
+        a = jnp.transpose(col, (0, 1, 5, 2, 4, 3)).reshape(b, nb, -1, g, c)
     a = jnp.swapaxes(a.reshape(b, s, g, c), 1, 2)
     d_t = jnp.transpose(d_BK, [0, 1, *(2 + d for d in out_spec)])  # [B, K, nb, F, sp...]
     d_t = d_t.reshape(b, k, nb, g * f, -1)

@@ -140,7 +140,7 @@ class Use:
         if self.kind == "conv":
             o, i, *sp = self.params["dimension_numbers"][1]
             fg = self.params["feature_group_count"]
-            idx = idx.transpose([*stack, *(ns + d for d in (o, i, *sp))])
+            idx = idx.transpose([*stack, *(ns + d for d in (o, *sp, i))])  # as in patches
             idx = idx.reshape(g // fg, fg, f, c).transpose(0, 1, 3, 2)
             return idx.reshape(g, c, f)
         if self.kind == "gather":
