@@ -68,14 +68,15 @@ WIDTH := experiment=width_init logger=wandb kernel.timing_repeats=0
 # The CNN at 28x28: N = M = 50 kernel points, kernels in blocks of 50 points (memory).
 CNN := model=cnn kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=50
 # ResNet-18 in the paper's regime: BatchNorm (frozen in eval mode for kernels), 28x28 inputs,
-# stage widths w·[1, 2, 4, 8]; N = M = 50 kernel points in one block (at width 32 the eNTK's
-# temporaries are 1.7 GB by XLA's memory analysis; blocks would redo each block's forward and
-# backward passes per block pair and compile a second program), three seeds at every width. Widths 8-32: at width 64 (the standard ResNet-18) one eNTK of 50 points
+# stage widths w·[1, 2, 4, 8]; N = M = 50 kernel points (the kernels run on their 100 points
+# together) in blocks of 50: half the per-pair recomputation of blocks of 25, and within the
+# memory estimate that keeps implementation="auto" on structured derivatives at width 32;
+# three seeds at every width. Widths 8-32: at width 64 (the standard ResNet-18) one eNTK of 50 points
 # costs ~7.5 TFLOPs (ntk.diagnose), over a minute on 2 cores per seed, out of the 20-minute
 # budget; make reproduce-paper has it. Float32 kernels: the eNTK's condition numbers at this
 # N are small enough (summary.json: cond_entk) that float64 changes no reported digit. The
 # per-layer diagnosis (kernel.layer_shares, a float32 Jacobian) at width RESNET_SHARES, seed 0.
-RESNET := model=resnet18 kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=null \
+RESNET := model=resnet18 kernel.n_per_class=5 kernel.n_test_per_class=5 kernel.batch_size=50 \
 	kernel.dtype=float32
 # The paper's timing figure in small: eNTK and pNTK per computation on N = 70 inputs (the
 # contraction matters), float32, O growing on a wider readout. ResNet O stops at 20: at

@@ -84,6 +84,13 @@ def xla_stats(compiled) -> tuple[float, int]:
     return float(cost.get("flops", float("nan"))), temp
 
 
+def xla_bytes_accessed(compiled) -> float:
+    """XLA's count of the bytes a compiled computation's operations read and write."""
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("bytes accessed", float("nan")))
+
+
 def gemm_rate(n: int = 2048, repeats: int = 5) -> dict:
     """Measured ``n³`` matrix-product rates in GFLOP/s (medians): jax and numpy in float32,
     and numpy in float64 (the rate a host-side float64 factorisation can reach)."""

@@ -11,11 +11,13 @@ and three outputs
     trace  trace_axes=(-1,)  -> [N, N]         (mean over the logit axis)
     pntk   NTK of g(p, x) = sum(f(p, x), -1) / sqrt(O), trace_axes=() -> [N, N, 1, 1]
 
-for two hand-written plain-JAX models (the same apply functions, parameters and inputs as
+for three hand-written plain-JAX models (the same apply functions, parameters and inputs as
 ``ntk/bench.py``, duplicated here so this script imports nothing from the project):
 
     mlp  3-layer ReLU MLP 64 -> 512 -> 512 -> 10, N = 64
     cnn  conv3x3(64) -> relu -> conv3x3(64) -> relu -> avgpool 2x2 -> dense(10), 8x8x1, N = 32
+    conv96  conv3x3(96) -> relu -> conv3x3(96) -> relu -> avgpool 2x2 -> dense(10), 28x28x1,
+            N = 64, no biases (``plain_conv96_28x28`` of ``benchmarks/conv_nets.py``)
 
 NTK parameterisation: weights ~ N(0, 1) from ``jax.random.key(0)`` (split per layer), biases
 zero, every layer ``x @ W / sqrt(fan_in) + b`` (convs divide by sqrt(kh * kw * c_in)); inputs
@@ -55,7 +57,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "conv96")
 IMPLEMENTATIONS = {1: "JACOBIAN_CONTRACTION", 2: "NTK_VECTOR_PRODUCTS", 3: "STRUCTURED_DERIVATIVES"}
 OUTPUTS = ("full", "trace", "pntk")
 
@@ -121,7 +123,31 @@ def make_cnn():
     return apply_fn, params, x
 
 
-MODEL_FNS = {"mlp": make_mlp, "cnn": make_cnn}
+def make_conv96():
+    """``plain_conv96_28x28`` of ``benchmarks/conv_nets.py`` (same weights, inputs, float32):
+    conv3x3(96) -> relu -> conv3x3(96) -> relu -> avgpool 2 -> dense(10), no biases; N = 64,
+    28x28x1. Written again here so that this script imports nothing from the project."""
+    import jax
+
+    ks = jax.random.split(jax.random.key(2), 4)
+    p = {
+        "w1": jax.random.normal(ks[0], (3, 3, 1, 96), "float32") / 3.0,
+        "w2": jax.random.normal(ks[1], (3, 3, 96, 96), "float32") / math.sqrt(9 * 96),
+        "w3": jax.random.normal(ks[2], (14 * 14 * 96, 10), "float32") / math.sqrt(14 * 14 * 96),
+    }
+
+    def apply_fn(p, x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        conv = jax.lax.conv_general_dilated
+        h = jax.nn.relu(conv(x, p["w1"], (1, 1), "SAME", dimension_numbers=dn))
+        h = jax.nn.relu(conv(h, p["w2"], (1, 1), "SAME", dimension_numbers=dn))
+        h = jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+        return h.reshape(h.shape[0], -1) @ p["w3"]
+
+    return apply_fn, p, jax.random.normal(ks[3], (64, 28, 28, 1), "float32")
+
+
+MODEL_FNS = {"mlp": make_mlp, "cnn": make_cnn, "conv96": make_conv96}
 
 
 # --- one measurement (runs in a child process) ------------------------------------------

@@ -53,8 +53,8 @@ def gram(j1_NKP, j2_NKP, diag: bool):
     """``J1 J2ᵀ`` over P as one GEMM: ``[N1, N2, K, K]`` (or ``[N1, N2, K]`` if diag)."""
     n1, k, p = j1_NKP.shape
     n2 = j2_NKP.shape[0]
-    if diag:
-        g_KNN = jnp.matmul(jnp.swapaxes(j1_NKP, 0, 1), jnp.transpose(j2_NKP, (1, 2, 0)))
+    if diag:  # batched over K on J's own layout: no transposed copies of J
+        g_KNN = jax.lax.dot_general(j1_NKP, j2_NKP, (((2,), (2,)), ((1,), (1,))))
         return jnp.transpose(g_KNN, (1, 2, 0))
     g = j1_NKP.reshape(n1 * k, p) @ j2_NKP.reshape(n2 * k, p).T
     return jnp.transpose(g.reshape(n1, k, n2, k), (0, 2, 1, 3))
@@ -225,10 +225,15 @@ class Implementation:
     memory: Callable[..., float] | None = None
 
 
+def sides(n1, n2, x2) -> int:
+    """Examples whose per-example work (Jacobians, factors) is done: x2 = None shares x1's."""
+    return n1 if x2 is None else n1 + n2
+
+
 # FLOP models, with [FP] = fp the per-example forward pass: a vjp is one forward plus ~2[FP]
 # per cotangent (input and weight cotangents), a jvp ~3[FP] per tangent.
-def _cost_jacobian(n1, n2, k, p, fp, diag, **_):
-    return (n1 + n2) * (1 + 2 * k) * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p
+def _cost_jacobian(n1, n2, k, p, fp, diag, x2=None, **_):
+    return sides(n1, n2, x2) * (1 + 2 * k) * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p
 
 
 def _cost_ntk_vp(n1, n2, k, p, fp, diag, **_):
@@ -237,9 +242,9 @@ def _cost_ntk_vp(n1, n2, k, p, fp, diag, **_):
 
 # Memory models (bytes), with y the elements of one example's forward intermediates: a vjp
 # keeps the forward residuals and carries one cotangent per output through them.
-def _memory_jacobian(n1, n2, k, p, y, diag, itemsize, **_):
+def _memory_jacobian(n1, n2, k, p, y, diag, itemsize, x2=None, **_):
     kk = k if diag else k * k
-    return itemsize * ((n1 + n2) * (k * p + (1 + k) * y) + n1 * n2 * kk)
+    return itemsize * (sides(n1, n2, x2) * (k * p + (1 + k) * y) + n1 * n2 * kk)
 
 
 def _memory_ntk_vp(n1, n2, k, p, y, diag, itemsize, **_):

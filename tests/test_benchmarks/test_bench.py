@@ -135,6 +135,7 @@ def test_conv_nets_rows_time_every_kind_against_the_entk(monkeypatch):
 
     monkeypatch.setitem(conv_nets.MODELS, "tiny", (tiny, ("float32",)))
     monkeypatch.setattr(conv_nets, "gemm_rate", lambda dtype: 10.0)
+    monkeypatch.setattr(conv_nets, "copy_rate", lambda dtype: 5.0)
     rows = conv_nets.measure("tiny", "float32", rounds=2)
     assert [r["kind"] for r in rows] == list(conv_nets.KINDS)
     entk = rows[0]
@@ -143,5 +144,20 @@ def test_conv_nets_rows_time_every_kind_against_the_entk(monkeypatch):
         assert r["flops"] > 0 and r["warm_min_s"] > 0 and r["batch_size"] == 2
         assert math.isclose(r["predicted_s"], r["flops"] / 1e10)
         assert math.isclose(r["speedup_over_entk"], entk["warm_min_s"] / r["warm_min_s"])
+        assert r["xla_gbytes"] > 0  # two blocks of 2: both block programs, summed
     table = conv_nets.markdown(rows, {"description": "test", "jax": jax.__version__})
     assert table.count("| tiny |") == len(conv_nets.KINDS)
+    monkeypatch.setitem(conv_nets.MODELS, "tiny", (lambda dt: (*tiny(dt)[:4], None), ("float32",)))
+    one = conv_nets.measure("tiny", "float32", rounds=2)[0]
+    assert one["xla_gbytes"] > 0 and math.isclose(one["bytes_s"], one["xla_gbytes"] / 5.0)
+
+
+def test_conv_nets_gap_names_what_explains_a_miss():
+    from benchmarks import conv_nets
+
+    row = {"within_2x": False, "warm_min_s": 2.0, "predicted_s": 0.5, "xla_gbytes": 8.0}
+    assert conv_nets.gap({**row, "within_2x": True, "bytes_s": 1.6}) == ""
+    assert "overhead" in conv_nets.gap({**row, "warm_min_s": 0.05, "bytes_s": 1.6})
+    assert "data movement: 8.0 GB" in conv_nets.gap({**row, "bytes_s": 1.6})
+    assert "not explained" in conv_nets.gap({**row, "bytes_s": 0.1})
+    assert "blocked" in conv_nets.gap({**row, "bytes_s": math.nan})
