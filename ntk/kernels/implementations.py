@@ -225,15 +225,10 @@ class Implementation:
     memory: Callable[..., float] | None = None
 
 
-def sides(n1, n2, x2) -> int:
-    """Examples whose per-example work (Jacobians, factors) is done: x2 = None shares x1's."""
-    return n1 if x2 is None else n1 + n2
-
-
 # FLOP models, with [FP] = fp the per-example forward pass: a vjp is one forward plus ~2[FP]
 # per cotangent (input and weight cotangents), a jvp ~3[FP] per tangent.
-def _cost_jacobian(n1, n2, k, p, fp, diag, x2=None, **_):
-    return sides(n1, n2, x2) * (1 + 2 * k) * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p
+def _cost_jacobian(n1, n2, k, p, fp, diag, **_):
+    return (n1 + n2) * (1 + 2 * k) * fp + 2.0 * n1 * n2 * (k if diag else k * k) * p
 
 
 def _cost_ntk_vp(n1, n2, k, p, fp, diag, **_):
@@ -242,9 +237,9 @@ def _cost_ntk_vp(n1, n2, k, p, fp, diag, **_):
 
 # Memory models (bytes), with y the elements of one example's forward intermediates: a vjp
 # keeps the forward residuals and carries one cotangent per output through them.
-def _memory_jacobian(n1, n2, k, p, y, diag, itemsize, x2=None, **_):
+def _memory_jacobian(n1, n2, k, p, y, diag, itemsize, **_):
     kk = k if diag else k * k
-    return itemsize * (sides(n1, n2, x2) * (k * p + (1 + k) * y) + n1 * n2 * kk)
+    return itemsize * ((n1 + n2) * (k * p + (1 + k) * y) + n1 * n2 * kk)
 
 
 def _memory_ntk_vp(n1, n2, k, p, y, diag, itemsize, **_):

@@ -77,7 +77,7 @@ def evaluate(jaxpr, consts, args, path, ctx: _Ctx):
 
 def _gemm(eqn) -> bool:
     """Whether a convolution runs as :func:`conv_gemm` (its kernel's use then records the
-    patches of the product, ``[nb, *out, C·k]``, instead of the input image)."""
+    patches of the product, ``[nb, *out, G·k·Cg]``, instead of the input image)."""
     return eqn.params["batch_group_count"] == 1 and lowering(eqn.outvars[0].aval.dtype) == "gemm"
 
 

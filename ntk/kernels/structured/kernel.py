@@ -30,7 +30,6 @@ from ntk.kernels.implementations import (
     Implementation,
     contract_jacobians,
     project,
-    sides,
 )
 from ntk.kernels.model import Signature, as_model, batch_len, cached_per_callable
 from ntk.kernels.structured import contract
@@ -176,17 +175,17 @@ def leaf_reports(apply_fn, params, x1, n2, k, diag) -> list[LeafReport]:
     return out
 
 
-def structured_cost(n1, n2, k, p, fp, diag, *, apply_fn, params, x1, x2=None, **_):
-    """Estimated FLOPs: a forward pass and K input-cotangent backward passes per example (of
-    x1 alone when x2 is None), the site sums, the weight Jacobians of leaves that materialise
-    (by the vjp when K = 1) and the fallback contractions."""
+def structured_cost(n1, n2, k, p, fp, diag, *, apply_fn, params, x1, **_):
+    """Estimated FLOPs: a forward pass and K input-cotangent backward passes per example, the
+    site sums, the weight Jacobians of leaves that materialise (by the vjp when K = 1) and
+    the fallback contractions."""
     reports = _reports_or_none(apply_fn, params, x1, n2, k, diag)
     if reports is None:
         return math.inf
-    return sides(n1, n2, x2) * (1 + k) * fp + sum(r.flops for r in reports)
+    return (n1 + n2) * (1 + k) * fp + sum(r.flops for r in reports)
 
 
-def structured_memory(n1, n2, k, p, y, diag, itemsize, *, apply_fn, params, x1, x2=None, **_):
+def structured_memory(n1, n2, k, p, y, diag, itemsize, *, apply_fn, params, x1, **_):
     """Estimated peak bytes: per-example residuals and cotangents of the forward pass, every
     use's factors, the largest per-leaf temporary and the fallback Jacobians."""
     reports = _reports_or_none(apply_fn, params, x1, n2, k, diag)
@@ -201,7 +200,7 @@ def structured_memory(n1, n2, k, p, y, diag, itemsize, *, apply_fn, params, x1, 
     kk = k if diag else k * k
     fb = sum(r.memory_bytes for r in reports if r.path == "fallback" or "vjp" in r.method)
     big = max([r.memory_bytes for r in reports if r.path == "structured"] or [0.0])
-    elems = sides(n1, n2, x2) * ((1 + k) * y + factor_elems) + n1 * n2 * kk
+    elems = (n1 + n2) * ((1 + k) * y + factor_elems) + n1 * n2 * kk
     return elems * itemsize + fb + big
 
 
