@@ -42,11 +42,14 @@ def interleave(
 ) -> dict[str, list[float]]:
     """Warm seconds of each call, ``rounds`` rounds in which every call runs once in turn, so
     all of them see the same machine; stops early after ``max_seconds`` (at least 3 rounds).
-    The calls must be compiled (called once) already and block until ready."""
+    Odd rounds run in reverse order: a call that follows a large one (whose freed buffers
+    the next call pays for in fresh pages) follows a different one the next round. The calls
+    must be compiled (called once) already and block until ready."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
+    order = list(calls.items())
     for r in range(rounds):
-        for name, call in calls.items():
+        for name, call in order if r % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - t0)
